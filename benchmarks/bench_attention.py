@@ -48,7 +48,15 @@ def build(preset: str, dtype, device, attn: str):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, max_position_embeddings=8192, **PRESETS[preset])
-    model = LlamaModel(cfg).to(device=device, dtype=dtype).eval()
+    # Build the weights where they live, in their dtype: a 7B decoder initialised in float32
+    # on the CPU first takes minutes and 27 GB (a GPU run once timed out on exactly that).
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaModel(cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.set_attn_implementation(attn)
     return model
 

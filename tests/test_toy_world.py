@@ -97,3 +97,36 @@ def test_bad_split_and_index_raise():
         W.shapes_item("test", 0)
     with pytest.raises(DatasetError):
         W.shapes_item("train", -1)
+
+
+def test_texture_changes_pixels_not_items():
+    from dataclasses import replace
+
+    flat = W.shapes_item("heldout", 5)
+    tex = W.shapes_item("heldout", 5, replace(W.WorldConfig(), texture=True))
+    assert flat.expr == tex.expr and np.array_equal(flat.box, tex.box)
+    assert np.array_equal(flat.mask, tex.mask)
+    from scipy import ndimage
+
+    scene = W.shapes_sample("heldout", 5).scene
+    near = ndimage.binary_dilation(scene.masks.any(0), iterations=2)
+    a, b = np.asarray(flat.image), np.asarray(tex.image)
+    assert np.array_equal(a[~near], b[~near])  # background untouched
+    assert not np.array_equal(a[flat.mask], b[flat.mask]) or flat.meta["shape"] == "circle"
+
+
+@pytest.mark.parametrize("shape", W.SHAPES)
+def test_texture_tells_the_kind_inside_any_patch(shape):
+    """Inside an object, every 4 x 4 window shows the kind's pattern (period 4 pixels)."""
+    p = W._pattern(shape, 24, 1)  # [24, 24] in image pixels (supersample 1)
+    windows = [p[y:y + 4, x:x + 4] for y in range(0, 20, 3) for x in range(0, 20, 3)]
+    kind = W.TEXTURES[shape]
+    for w in windows:
+        if kind == "solid":
+            assert not w.any()
+        elif kind == "horizontal stripes":
+            assert (w == w[:, :1]).all() and w[:, 0].any() and not w[:, 0].all()
+        elif kind == "vertical stripes":
+            assert (w == w[:1, :]).all() and w[0].any() and not w[0].all()
+        else:
+            assert (w[:, :2] != w[:, 2:]).all() or (w[:2] != w[2:]).all()

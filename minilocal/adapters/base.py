@@ -125,8 +125,12 @@ class Adapter(ABC):
         return getattr(self.decoder().config, "max_position_embeddings", None)
 
     def model_id(self) -> str:
-        """Hub id or local path the model was loaded from."""
-        return str(getattr(self.model.config, "_name_or_path", "") or self.family)
+        """The model's id: ``config.minilocal_model_id`` when the model carries one (the
+        embedded shapes model: the same id wherever it is installed), else the hub id or
+        local path it was loaded from."""
+        cfg = self.model.config
+        return str(getattr(cfg, "minilocal_model_id", None) or getattr(cfg, "_name_or_path", "")
+                   or self.family)
 
     # ------------------------------------------------------------------ prompt
     @abstractmethod

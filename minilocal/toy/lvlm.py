@@ -45,6 +45,8 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from ..errors import DatasetError
 from . import world as W
 
+#: Id of the embedded model (``config.minilocal_model_id``; keys its head table and caches).
+MODEL_ID = "minilocal/shapes-lvlm"
 #: The folder of the shipped model (weights, tokenizer, processor, head table, report).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes-lvlm"
 
@@ -54,6 +56,14 @@ QUESTION = "where is"
 #: adapter fills ``{image}`` with the image token and ``{expr}`` with the expression
 #: (ending with ".").
 PROMPT_TEMPLATE = SYSTEM + "\n{image}\n" + QUESTION + " {expr}"
+#: Prompt templates by layout. "image_first" is LLaVA's order (system, image, question);
+#: "question_first" (a research variant, see ``experiments/LOG.md``) asks the question
+#: before the image and ends with a "." after it, so that the image tokens can read the
+#: expression and the final "." is the only text position that sees both.
+PROMPT_TEMPLATES: dict[str, str] = {
+    "image_first": PROMPT_TEMPLATE,
+    "question_first": SYSTEM + " " + QUESTION + " {expr}\n{image}\n.",
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class ModelSpec:
         hidden: Decoder width.
         intermediate: Decoder MLP width.
         rope_theta: Rotary base of the decoder.
+        layout: "image_first" (LLaVA's order) or "question_first" (see
+            :data:`PROMPT_TEMPLATES`).
     """
 
     image_size: int = 96
@@ -81,6 +93,7 @@ class ModelSpec:
     hidden: int = 128
     intermediate: int = 384
     rope_theta: float = 10000.0
+    layout: str = "image_first"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -180,6 +193,8 @@ def build_model(
     Book: ``book/06_your_model.md``.
     """
     tok = processor.tokenizer
+    if spec.layout not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown layout {spec.layout!r}; use one of {list(PROMPT_TEMPLATES)}")
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -212,7 +227,8 @@ def build_model(
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
-        minilocal_prompt_template=PROMPT_TEMPLATE,
+        minilocal_prompt_template=PROMPT_TEMPLATES[spec.layout],
+        minilocal_model_id=MODEL_ID,
         minilocal_spec=asdict(spec),
     )
     model = LlavaForConditionalGeneration(config)
@@ -290,10 +306,23 @@ def spec_of(model: LlavaForConditionalGeneration) -> ModelSpec:
     return ModelSpec(**model.config.minilocal_spec)
 
 
+def world_of(model: LlavaForConditionalGeneration) -> W.WorldConfig:
+    """The :class:`~minilocal.toy.world.WorldConfig` a shapes LVLM was trained on.
+
+    Stored by the training script as ``config.minilocal_world``; a model without it was
+    trained on the default world.
+    """
+    stored = getattr(model.config, "minilocal_world", None)
+    if not stored:
+        return W.WorldConfig()
+    return W.WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+
+
 def encode_questions(
     processor: LlavaProcessor,
     images: list[np.ndarray],
     questions: list[list[tuple[str, str]]],
+    layout: str = "image_first",
 ) -> dict[str, torch.Tensor]:
     """Training batch: each image followed by several questions and their answers.
 
@@ -307,6 +336,8 @@ def encode_questions(
         processor: The model's processor.
         images: [S, S, 3] uint8 images.
         questions: Per image, (expr, answer) pairs (answer like ``"r7 c12"``).
+        layout: "image_first" (several questions after one image) or "question_first"
+            (the first question only, before the image).
 
     Returns:
         input_ids [B, T], attention_mask [B, T], labels [B, T] (-100 except answer tokens),
@@ -318,10 +349,22 @@ def encode_questions(
     h, w = pv.shape[-2] // processor.patch_size, pv.shape[-1] // processor.patch_size
     n_image = h * w
     seqs, labs = [], []
-    prefix_ids = tok(SYSTEM + " " + " ".join([image_token] * n_image))["input_ids"]
+    image_ids = tok(" ".join([image_token] * n_image), add_special_tokens=False)["input_ids"]
+    prefix_ids = tok(SYSTEM)["input_ids"]
     for qa in questions:
         ids = list(prefix_ids)
         lab = [-100] * len(ids)
+        if layout == "question_first":
+            # one question per image: <s> SYSTEM where is EXPR . <image> . r c
+            expr, ans = qa[0]
+            q = tok(f"{QUESTION} {expr} .", add_special_tokens=False)["input_ids"]
+            q = q + image_ids + tok(".", add_special_tokens=False)["input_ids"]
+            a = tok(ans, add_special_tokens=False)["input_ids"]
+            seqs.append(ids + q + a)
+            labs.append(lab + [-100] * len(q) + a)
+            continue
+        ids += image_ids
+        lab += [-100] * len(image_ids)
         for expr, ans in qa:
             q = tok(f"{QUESTION} {expr} .", add_special_tokens=False)["input_ids"]
             a = tok(ans, add_special_tokens=False)["input_ids"]

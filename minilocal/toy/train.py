@@ -54,6 +54,8 @@ class TrainConfig:
         probe_every: Steps between localization probes (0: only at the end).
         probe_items: Selection items used by the probe.
         start_index: First train item (to continue a run on fresh data).
+        device: "cpu" (the shipped model; deterministic for seed and threads) or "cuda"
+            (faster, for experiments; not bit-for-bit reproducible).
     """
 
     spec: lvlm.ModelSpec = field(default_factory=lvlm.ModelSpec)
@@ -71,6 +73,7 @@ class TrainConfig:
     probe_every: int = 100
     probe_items: int = 48
     start_index: int = 0
+    device: str = "cpu"
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -98,7 +101,8 @@ def make_batch(step: int, cfg: TrainConfig, processor) -> tuple[dict, int]:
         ]
         images.append(s.scene.image)
         questions.append(qa)
-    return lvlm.encode_questions(processor, images, questions), sum(len(q) for q in questions)
+    batch = lvlm.encode_questions(processor, images, questions, layout=cfg.spec.layout)
+    return {k: v.to(cfg.device) for k, v in batch.items()}, sum(len(q) for q in questions)
 
 
 @torch.no_grad()
@@ -136,11 +140,14 @@ def probe(model, processor, items) -> dict:
         share.append(inside.mean())
         # greedy answer: row token at ".", then column token after the true row
         truth = lvlm.answer(it.box, it.image.size, (h, w)).split()
-        ids = prep.inputs["input_ids"]
-        logits = model(**prep.inputs).logits[0, -1]
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in prep.inputs.items()}
+        ids = inputs["input_ids"]
+        logits = model(**inputs).logits[0, -1]
         row = processor.tokenizer.convert_ids_to_tokens(int(logits.argmax()))
-        ids2 = torch.cat([ids, torch.tensor([[processor.tokenizer.convert_tokens_to_ids(row)]])], 1)
-        inputs2 = {**prep.inputs, "input_ids": ids2,
+        row_id = torch.tensor([[processor.tokenizer.convert_tokens_to_ids(row)]], device=device)
+        ids2 = torch.cat([ids, row_id], 1)
+        inputs2 = {**inputs, "input_ids": ids2,
                    "attention_mask": torch.ones_like(ids2)}
         col = processor.tokenizer.convert_ids_to_tokens(int(model(**inputs2).logits[0, -1].argmax()))
         correct.append(row == truth[0] and col == truth[1])
@@ -190,7 +197,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     """
     torch.set_num_threads(cfg.threads)
     processor = lvlm.build_processor(cfg.spec)
-    model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed)
+    model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed).to(cfg.device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
@@ -228,12 +235,13 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             pred = out_.logits[:, :-1].argmax(-1)
             sup = lab != -100
             acc = float((pred[sup] == lab[sup]).float().mean())
-        run_loss = float(loss) if run_loss is None else 0.95 * run_loss + 0.05 * float(loss)
+        loss_value = float(loss.detach())
+        run_loss = loss_value if run_loss is None else 0.95 * run_loss + 0.05 * loss_value
         run_acc = acc if run_acc is None else 0.95 * run_acc + 0.05 * acc
         bar.set_postfix(loss=f"{run_loss:.3f}", tok_acc=f"{run_acc:.3f}")
         if step % 10 == 0 or step == cfg.steps - 1:
             report["log"].append(
-                {"step": step, "loss": round(float(loss), 5), "token_acc": round(acc, 4),
+                {"step": step, "loss": round(loss_value, 5), "token_acc": round(acc, 4),
                  "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
             )
         last = step == cfg.steps - 1
@@ -250,6 +258,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             )
     report["train_seconds"] = round(time.time() - t0, 1)
     model.eval()
+    model.to("cpu")
+    model.config.minilocal_world = asdict(cfg.world)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -276,14 +286,18 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     for f in ("layers", "heads", "kv_heads", "hidden", "intermediate", "vision_hidden",
               "image_size", "patch_size"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg.spec, f))
+    ap.add_argument("--layout", default=cfg.spec.layout, choices=list(lvlm.PROMPT_TEMPLATES))
+    ap.add_argument("--device", default=cfg.device, help="cpu (default) or cuda")
+    ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=cfg.world.texture,
+                    help="draw each shape kind with its own texture (world.TEXTURES)")
     a = ap.parse_args(argv)
     spec = replace(
-        cfg.spec, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
+        cfg.spec, layout=a.layout, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
                                                 "intermediate", "vision_hidden", "image_size",
                                                 "patch_size")}
     )
     cfg = replace(
-        cfg, spec=spec,
+        cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture),
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
                                       "probe_every", "probe_items", "start_index", "lr",
                                       "final_lr", "weight_decay", "clip")},

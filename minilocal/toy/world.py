@@ -77,6 +77,9 @@ class WorldConfig:
             of one of its objects; such objects can only be told apart by a relation.
         supersample: Objects are drawn at this multiple of the size, then downsampled
             (smooth edges).
+        texture: Fill each shape kind with its own pattern (:data:`TEXTURES`), so that a
+            small patch inside an object shows the object's kind (the embedded LVLM's
+            vision features are local to each patch; see ``experiments/LOG.md``).
     """
 
     image_size: int = 96
@@ -90,6 +93,30 @@ class WorldConfig:
     distractor: float = 0.6
     twin: float = 0.3
     supersample: int = 4
+    texture: bool = False
+
+
+#: Fill pattern of each shape kind when ``WorldConfig.texture`` is on: the pattern has a
+#: period of 4 image pixels, so every 4 x 4 patch inside an object shows its kind.
+TEXTURES: dict[str, str] = {
+    "circle": "solid",
+    "square": "horizontal stripes",
+    "triangle": "vertical stripes",
+    "diamond": "checks",
+}
+
+
+def _pattern(shape: str, size: int, k: int) -> np.ndarray:
+    """[size*k, size*k] float in {0, 1}: where the shape's texture darkens its colour."""
+    yy, xx = np.mgrid[0 : size * k, 0 : size * k] // (2 * k)  # 2-pixel bands
+    kind = TEXTURES[shape]
+    if kind == "horizontal stripes":
+        return (yy % 2).astype(np.float64)
+    if kind == "vertical stripes":
+        return (xx % 2).astype(np.float64)
+    if kind == "checks":
+        return ((xx + yy) % 2).astype(np.float64)
+    return np.zeros((size * k, size * k))
 
 
 @dataclass(frozen=True)
@@ -154,7 +181,6 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
     """Draw the objects; returns image [S, S, 3] uint8 and masks [n, S, S] bool."""
     S, k = cfg.image_size, cfg.supersample
     big = Image.new("RGB", (S * k, S * k), BACKGROUND)
-    draw = ImageDraw.Draw(big)
     masks = []
     for obj in objects:
         layer = Image.new("L", (S * k, S * k), 0)
@@ -162,12 +188,23 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
         sbox = tuple(v * k for v in obj.box)
         # PIL's ellipse/polygon include the end pixel; shrink by one so the shape ends at x1.
         sbox = (sbox[0], sbox[1], sbox[2] - 1, sbox[3] - 1)
-        for d in (draw, ldraw):
-            fill = COLORS[obj.color] if d is draw else 255
+        if obj.shape == "circle":
+            ldraw.ellipse(sbox, fill=255)
+        else:
+            ldraw.polygon(_polygon(obj.shape, sbox), fill=255)
+        if cfg.texture:
+            inside = np.asarray(layer) > 0  # [S*k, S*k]
+            dark = _pattern(obj.shape, S, k)[..., None]  # [S*k, S*k, 1]
+            fill = np.asarray(COLORS[obj.color], np.float64) * (1.0 - 0.4 * dark)
+            canvas = np.asarray(big).copy()
+            canvas[inside] = np.round(fill[inside]).astype(np.uint8)
+            big = Image.fromarray(canvas)
+        else:
+            draw = ImageDraw.Draw(big)
             if obj.shape == "circle":
-                d.ellipse(sbox, fill=fill)
+                draw.ellipse(sbox, fill=COLORS[obj.color])
             else:
-                d.polygon(_polygon(obj.shape, sbox), fill=fill)
+                draw.polygon(_polygon(obj.shape, sbox), fill=COLORS[obj.color])
         cover = np.asarray(layer.resize((S, S), Image.Resampling.BOX), dtype=np.float64) / 255
         masks.append(cover >= 0.5)
     image = np.asarray(big.resize((S, S), Image.Resampling.BOX), dtype=np.uint8)

@@ -1,0 +1,260 @@
+"""Find the shapes LVLM's heads and measure how well they ground: ``python -m minilocal.toy.evaluate``.
+
+Two stages, each a function of the package's public steps (nothing here is special to the
+toy model but the dataset):
+
+1. :func:`search_heads` runs the paper's head search (:func:`minilocal.selection.find_heads`,
+   default settings) on the "selection" split and writes ``heads.json`` beside the model.
+2. :func:`heldout_report` grounds every item of the "heldout" split (never used for any
+   choice) with the chosen heads and the paper's default box step, and puts the result
+   next to four references measured in the same run:
+
+   * ``mean_of_all_heads``: the same box step on the mean map of all heads;
+   * ``random_head``: the expected score of one head drawn at random (mean over all heads),
+     and one seeded draw;
+   * ``best_single_head``: the best single head, chosen ON the held-out split itself (an
+     upper bound no honest method can claim);
+   * ``centre_box``: a box of the mean selection-split size in the middle of the image.
+
+   It also reports the mIoU of the pseudo mask (upsampled to the image) and, when a SAM is
+   given, of the SAM-refined mask.
+
+Book: ``book/06_your_model.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import get_adapter
+from ..grounding import ground
+from ..metrics import box_iou, mask_iou
+from ..selection import HeadTable, find_heads, format_head
+from . import lvlm
+from . import world as W
+
+#: Sizes of the splits used for the shipped model's figures.
+SELECTION_ITEMS = 300
+HELDOUT_ITEMS = 500
+
+
+def collect_attention(adapter, items, progress: bool = True):
+    """Last-token attention of every item (one prefill forward each).
+
+    Returns:
+        (attn [N, L, H, h, w] float32, list of Prepared).
+    """
+    maps, preps = [], []
+    for it in tqdm(items, desc="attention", unit="item", disable=not progress):
+        a, p = adapter.attention(it.image, it.expr)
+        maps.append(a)
+        preps.append(p)
+    return np.stack(maps), preps
+
+
+def search_heads(
+    model_dir: str | Path | None = None,
+    *,
+    n_items: int = SELECTION_ITEMS,
+    n: int = 200,
+    repeats: int = 5,
+    seed: int = 0,
+    k: int = 3,
+    cache_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> HeadTable:
+    """The paper's head search on the shapes "selection" split.
+
+    Args:
+        model_dir: Folder of a shapes LVLM (default: the shipped one).
+        n_items: Size of the selection pool (items 0 .. n_items-1).
+        n, repeats, seed, k: As in :func:`minilocal.selection.find_heads` (each repeat draws
+            ``n`` of the pool).
+        cache_dir: Resumable per-item cache (an interrupted search resumes).
+        out: Where to write the table (default: ``heads.json`` in the model folder).
+
+    Returns:
+        The head table (source "measured").
+
+    Book: ``book/04_selection.ipynb``.
+    """
+    model, processor = lvlm.load_toy(model_dir)
+    adapter = get_adapter(model, processor)
+    pool = W.shapes_dataset("selection", n_items, cfg=lvlm.world_of(model))
+    table = find_heads(
+        lambda it: adapter.attention(it.image, it.expr)[0],
+        pool,
+        n=n,
+        repeats=repeats,
+        seed=seed,
+        k=k,
+        cache_dir=cache_dir,
+        progress=progress,
+        model_id=adapter.model_id(),
+        prompt_template=adapter.template,
+        notes=f"shapes world, selection split items 0..{n_items - 1}; "
+        f"python -m minilocal.toy.evaluate --search",
+    )
+    target = Path(out) if out is not None else Path(model_dir or lvlm.DEFAULT_MODEL_DIR) / "heads.json"
+    table.to_json(target)
+    return table
+
+
+def _acc_and_iou(boxes, gts) -> tuple[float, float]:
+    ious = np.array([0.0 if b is None else float(box_iou(b, g)) for b, g in zip(boxes, gts)])
+    return float((ious >= 0.5).mean()), float(ious.mean())
+
+
+def heldout_report(
+    model_dir: str | Path | None = None,
+    heads: HeadTable | list | None = None,
+    *,
+    n_items: int = HELDOUT_ITEMS,
+    sam=None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Held-out REC/RES figures of the chosen heads next to the references (module doc).
+
+    Args:
+        model_dir: Folder of a shapes LVLM (default: the shipped one).
+        heads: A head table or (layer, head) pairs (default: ``heads.json`` of the model).
+        n_items: Held-out items 0 .. n_items-1.
+        sam: A :class:`minilocal.segmentation.SamRefiner` for the RES figure, or None.
+        seed: Seed of the random-head draw.
+
+    Returns:
+        A JSON-able dict of figures (Acc@0.5 as fractions) and the settings.
+
+    Book: ``book/05_grounding.ipynb``.
+    """
+    t0 = time.time()
+    folder = Path(model_dir) if model_dir is not None else lvlm.DEFAULT_MODEL_DIR
+    model, processor = lvlm.load_toy(folder)
+    adapter = get_adapter(model, processor)
+    if heads is None:
+        heads = HeadTable.from_json(folder / "heads.json")
+    chosen = [tuple(h) for h in (heads.heads if isinstance(heads, HeadTable) else heads)]
+    world = lvlm.world_of(model)
+    items = list(W.shapes_dataset("heldout", n_items, cfg=world))
+    attn, preps = collect_attention(adapter, items, progress)  # [N, L, H, h, w]
+    N, L, H = attn.shape[:3]
+    gts = [it.box for it in items]
+
+    def boxes_for(head_list):
+        return [ground(attn[i], head_list, preps[i].geometry) for i in range(N)]
+
+    sel = boxes_for(chosen)
+    acc_sel, iou_sel = _acc_and_iou([g.box for g in sel], gts)
+    all_heads = [(layer, h) for layer in range(L) for h in range(H)]
+    acc_mean, _ = _acc_and_iou([g.box for g in boxes_for(all_heads)], gts)
+    single = np.zeros((L, H))
+    for layer, h in tqdm(all_heads, desc="single heads", disable=not progress):
+        single[layer, h] = _acc_and_iou([g.box for g in boxes_for([(layer, h)])], gts)[0]
+    rng = np.random.default_rng(seed)
+    drawn = all_heads[int(rng.integers(len(all_heads)))]
+    best = np.unravel_index(int(np.argmax(single)), single.shape)
+
+    # centre box: the mean relative box size of the selection split, centred
+    sel_items = W.shapes_dataset("selection", 200, cfg=world)
+    rel = np.array([[(b[2] - b[0]) / it.image.size[0], (b[3] - b[1]) / it.image.size[1]]
+                    for it in sel_items for b in [it.box]]).mean(0)
+    centre = []
+    for it in items:
+        w_, h_ = it.image.size
+        bw, bh = rel[0] * w_, rel[1] * h_
+        centre.append(np.array([(w_ - bw) / 2, (h_ - bh) / 2, (w_ + bw) / 2, (h_ + bh) / 2]))
+    acc_centre, _ = _acc_and_iou(centre, gts)
+
+    pseudo_iou = [mask_iou(g.mask, it.mask) for g, it in zip(sel, items)]
+    report = {
+        "n_heldout": N,
+        "heads": [format_head(h) for h in chosen],
+        "acc@0.5": {
+            "selected_heads": round(acc_sel, 4),
+            "mean_of_all_heads": round(acc_mean, 4),
+            "random_head_expected": round(float(single.mean()), 4),
+            "random_head_draw": {"head": format_head(drawn), "acc": round(float(single[drawn]), 4)},
+            "best_single_head_on_heldout": {"head": format_head(best),
+                                            "acc": round(float(single[best]), 4)},
+            "centre_box": round(acc_centre, 4),
+        },
+        "mean_box_iou_selected": round(iou_sel, 4),
+        "ratio_selected_vs_mean_of_all": (round(acc_sel / acc_mean, 2) if acc_mean > 0
+                                          else None),
+        "single_head_rank_of_selected": {
+            format_head(h): int((single > single[h]).sum()) + 1 for h in chosen
+        },
+        "top5_single_heads_on_heldout": [
+            {"head": format_head(np.unravel_index(i, single.shape)),
+             "acc": round(float(single.ravel()[i]), 4)}
+            for i in np.argsort(-single.ravel())[:5]
+        ],
+        "miou_pseudo_mask": round(float(np.mean(pseudo_iou)), 4),
+        "by_kind": {},
+    }
+    for kind in ("attribute", "relational"):
+        idx = [i for i, it in enumerate(items) if it.meta["kind"] == kind]
+        if idx:
+            a, _ = _acc_and_iou([sel[i].box for i in idx], [gts[i] for i in idx])
+            report["by_kind"][kind] = {"n": len(idx), "acc@0.5": round(a, 4)}
+    if sam is not None:
+        sam_iou = []
+        for g, it in zip(tqdm(sel, desc="SAM", disable=not progress), items):
+            if g.box is None:
+                sam_iou.append(0.0)
+                continue
+            sam_iou.append(mask_iou(sam.refine(it.image, g.box).mask, it.mask))
+        report["miou_sam"] = round(float(np.mean(sam_iou)), 4)
+    else:
+        report["miou_sam"] = None
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m minilocal.toy.evaluate [--model DIR] [--search]``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m minilocal.toy.evaluate",
+        description="Head search on the shapes selection split and held-out figures.",
+    )
+    ap.add_argument("--model", default=None, help="shapes LVLM folder (default: shipped)")
+    ap.add_argument("--search", action="store_true",
+                    help="run the head search first and write heads.json beside the model")
+    ap.add_argument("--selection-items", type=int, default=SELECTION_ITEMS)
+    ap.add_argument("--n", type=int, default=200, help="samples per repeat")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--heldout-items", type=int, default=HELDOUT_ITEMS)
+    ap.add_argument("--sam", default="shapes",
+                    help="SAM for the RES figure: 'shapes' (embedded), a checkpoint, or 'none'")
+    ap.add_argument("--cache-dir", default=None, help="resumable head-search cache")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("-o", "--out", default=None, help="also write the report as JSON here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.search:
+        table = search_heads(a.model, n_items=a.selection_items, n=a.n, repeats=a.repeats,
+                             cache_dir=a.cache_dir)
+        print(f"heads: {table.heads_str()}")
+    sam = None
+    if a.sam != "none":
+        from ..segmentation import load_sam
+
+        sam = load_sam("segment-anything", a.sam)
+    report = heldout_report(a.model, n_items=a.heldout_items, sam=sam)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

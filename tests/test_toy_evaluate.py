@@ -1,0 +1,81 @@
+"""The embedded model's figures: layouts, world and id stored in the model, head search and
+held-out report on a tiny trained model."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minilocal.adapters import get_adapter
+from minilocal.selection import HeadTable
+from minilocal.toy import evaluate, lvlm, train
+from minilocal.toy import world as W
+
+TINY = lvlm.ModelSpec(image_size=32, patch_size=4, vision_hidden=16, layers=2, heads=2,
+                      kv_heads=2, hidden=32, intermediate=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_textured(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_textured")
+    cfg = train.TrainConfig(spec=TINY, steps=2, batch=2, questions=2, warmup=1, probe_every=0,
+                            probe_items=2, world=replace(W.WorldConfig(), texture=True))
+    train.train(cfg, out, progress=False)
+    return out
+
+
+def test_model_carries_its_world_and_id(tiny_textured):
+    model, processor = lvlm.load_toy(tiny_textured)
+    assert lvlm.world_of(model) == replace(W.WorldConfig(), texture=True)
+    assert get_adapter(model, processor).model_id() == lvlm.MODEL_ID
+    bare = lvlm.build_model(TINY, lvlm.build_processor(TINY))
+    assert lvlm.world_of(bare) == W.WorldConfig()  # nothing stored: the default world
+
+
+def test_question_first_layout_prompt_and_training_sequence():
+    spec = replace(TINY, layout="question_first")
+    processor = lvlm.build_processor(spec)
+    model = lvlm.build_model(spec, processor)
+    adapter = get_adapter(model, processor)
+    s = W.shapes_sample("train", 3, questions=2)
+    qa = [(e, lvlm.answer(s.scene.box(t), (96, 96), spec.grid)) for t, e in zip(s.targets, s.exprs)]
+    batch = lvlm.encode_questions(processor, [s.scene.image], [qa], layout="question_first")
+    prep = adapter.prepare(Image.fromarray(s.scene.image), s.exprs[0])
+    n = prep.inputs["input_ids"].shape[1]
+    assert torch.equal(batch["input_ids"][0, :n], prep.inputs["input_ids"][0])
+    tokens = processor.tokenizer.convert_ids_to_tokens(prep.inputs["input_ids"][0])
+    # the expression comes before the image; the query is a "." after the image
+    assert tokens[-1] == "." and tokens[-2] == "<image>"
+    assert tokens.index("is") < tokens.index("<image>")
+    labels = batch["labels"][0]
+    assert int((labels != -100).sum()) == 2  # one question per image in this layout
+    with pytest.raises(ValueError, match="layout"):
+        lvlm.build_model(replace(TINY, layout="sideways"), processor)
+
+
+def test_search_and_heldout_report(tiny_textured, tmp_path):
+    table = evaluate.search_heads(tiny_textured, n_items=6, n=4, repeats=2, k=2,
+                                  cache_dir=tmp_path / "cache", out=tmp_path / "heads.json",
+                                  progress=False)
+    assert isinstance(table, HeadTable) and len(table.heads) == 2
+    assert HeadTable.from_json(tmp_path / "heads.json") == table
+    rep = evaluate.heldout_report(tiny_textured, table, n_items=6, progress=False)
+    acc = rep["acc@0.5"]
+    assert rep["n_heldout"] == 6 and rep["heads"] == [f"L{a}H{b}" for a, b in table.heads]
+    for key in ("selected_heads", "mean_of_all_heads", "random_head_expected", "centre_box"):
+        assert 0.0 <= acc[key] <= 1.0
+    best = acc["best_single_head_on_heldout"]["acc"]
+    assert best >= acc["random_head_expected"]  # the best head is at least the mean head
+    assert 0.0 <= rep["miou_pseudo_mask"] <= 1.0 and rep["miou_sam"] is None
+    assert sum(v["n"] for v in rep["by_kind"].values()) == 6
+    json.dumps(rep)  # JSON-able
+
+
+def test_centre_box_baseline_is_measured_not_assumed(tiny_textured):
+    rep = evaluate.heldout_report(tiny_textured, [(0, 0)], n_items=8, progress=False)
+    items = W.shapes_dataset("heldout", 8, cfg=replace(W.WorldConfig(), texture=True))
+    sizes = np.array([[(it.box[2] - it.box[0]), (it.box[3] - it.box[1])] for it in items])
+    assert sizes.min() > 0 and 0.0 <= rep["acc@0.5"]["centre_box"] <= 1.0
