@@ -27,9 +27,14 @@ def tiny_textured(tmp_path_factory):
     return out
 
 
-def test_model_carries_its_world_and_id(tiny_textured):
+def test_model_carries_its_world_and_id(tiny_textured, tmp_path):
     model, processor = lvlm.load_toy(tiny_textured)
     assert lvlm.world_of(model) == replace(W.WorldConfig(), texture=True)
+    flat = replace(W.WorldConfig(), texture=False, max_objects=3)
+    cfg = train.TrainConfig(spec=TINY, steps=1, batch=1, questions=1, warmup=1, probe_every=0,
+                            probe_items=1, world=flat)
+    train.train(cfg, tmp_path, progress=False)
+    assert lvlm.world_of(lvlm.load_toy(tmp_path)[0]) == flat
     assert get_adapter(model, processor).model_id() == lvlm.MODEL_ID
     bare = lvlm.build_model(TINY, lvlm.build_processor(TINY))
     assert lvlm.world_of(bare) == W.WorldConfig()  # nothing stored: the default world

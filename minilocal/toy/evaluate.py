@@ -108,8 +108,12 @@ def search_heads(
     return table
 
 
+def _ious(boxes, gts) -> np.ndarray:
+    return np.array([0.0 if b is None else float(box_iou(b, g)) for b, g in zip(boxes, gts)])
+
+
 def _acc_and_iou(boxes, gts) -> tuple[float, float]:
-    ious = np.array([0.0 if b is None else float(box_iou(b, g)) for b, g in zip(boxes, gts)])
+    ious = _ious(boxes, gts)
     return float((ious >= 0.5).mean()), float(ious.mean())
 
 
@@ -200,6 +204,9 @@ def heldout_report(
         ],
         "miou_pseudo_mask": round(float(np.mean(pseudo_iou)), 4),
         "by_kind": {},
+        # per held-out item, in order: the box IoU of the selected heads (tests recompute
+        # a prefix of these from the shipped weights)
+        "box_iou_selected": [round(float(v), 4) for v in _ious([g.box for g in sel], gts)],
     }
     for kind in ("attribute", "relational"):
         idx = [i for i, it in enumerate(items) if it.meta["kind"] == kind]

@@ -309,8 +309,8 @@ def spec_of(model: LlavaForConditionalGeneration) -> ModelSpec:
 def world_of(model: LlavaForConditionalGeneration) -> W.WorldConfig:
     """The :class:`~minilocal.toy.world.WorldConfig` a shapes LVLM was trained on.
 
-    Stored by the training script as ``config.minilocal_world``; a model without it was
-    trained on the default world.
+    Stored by the training script as ``config.minilocal_world``; for a model without it,
+    the default world.
     """
     stored = getattr(model.config, "minilocal_world", None)
     if not stored:

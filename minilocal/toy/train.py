@@ -56,6 +56,9 @@ class TrainConfig:
         start_index: First train item (to continue a run on fresh data).
         device: "cpu" (the shipped model; deterministic for seed and threads) or "cuda"
             (faster, for experiments; not bit-for-bit reproducible).
+        curriculum: Steps of easier scenes first: step s < curriculum draws scenes of 1 to
+            ``1 + s * max_objects // curriculum`` objects (single objects first: "where"
+            can be learnt before "which"); 0: no curriculum.
     """
 
     spec: lvlm.ModelSpec = field(default_factory=lvlm.ModelSpec)
@@ -74,6 +77,7 @@ class TrainConfig:
     probe_items: int = 48
     start_index: int = 0
     device: str = "cpu"
+    curriculum: int = 0
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -84,6 +88,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def world_at(step: int, cfg: TrainConfig) -> W.WorldConfig:
+    """The world of step ``step``: the configured one, or an easier one during the curriculum."""
+    if step >= cfg.curriculum:
+        return cfg.world
+    most = min(cfg.world.max_objects, 1 + step * cfg.world.max_objects // cfg.curriculum)
+    return replace(cfg.world, min_objects=1, max_objects=most)
+
+
 def make_batch(step: int, cfg: TrainConfig, processor) -> tuple[dict, int]:
     """The batch of step ``step``: train items ``start + step * batch ...`` of the world.
 
@@ -91,9 +103,10 @@ def make_batch(step: int, cfg: TrainConfig, processor) -> tuple[dict, int]:
         (model inputs with labels, number of answers in the batch).
     """
     images, questions = [], []
+    world = world_at(step, cfg)
     for b in range(cfg.batch):
         index = cfg.start_index + step * cfg.batch + b
-        s = W.shapes_sample("train", index, cfg.world, questions=cfg.questions)
+        s = W.shapes_sample("train", index, world, questions=cfg.questions)
         size = (s.scene.image.shape[1], s.scene.image.shape[0])
         qa = [
             (expr, lvlm.answer(s.scene.box(t), size, cfg.spec.grid))
@@ -279,7 +292,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     )
     ap.add_argument("--out", default=None, help="output folder (save_pretrained)")
     for f in ("steps", "batch", "questions", "warmup", "seed", "threads", "probe_every",
-              "probe_items", "start_index"):
+              "probe_items", "start_index", "curriculum"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg, f))
     for f in ("lr", "final_lr", "weight_decay", "clip"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(cfg, f))
@@ -299,7 +312,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     cfg = replace(
         cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture),
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
-                                      "probe_every", "probe_items", "start_index", "lr",
+                                      "probe_every", "probe_items", "start_index", "curriculum", "lr",
                                       "final_lr", "weight_decay", "clip")},
     )
     return cfg, a.out

@@ -79,7 +79,8 @@ class WorldConfig:
             (smooth edges).
         texture: Fill each shape kind with its own pattern (:data:`TEXTURES`), so that a
             small patch inside an object shows the object's kind (the embedded LVLM's
-            vision features are local to each patch; see ``experiments/LOG.md``).
+            vision features are local to each patch; see ``experiments/LOG.md``). On by
+            default: the shipped model was trained on textured shapes.
     """
 
     image_size: int = 96
@@ -93,11 +94,12 @@ class WorldConfig:
     distractor: float = 0.6
     twin: float = 0.3
     supersample: int = 4
-    texture: bool = False
+    texture: bool = True
 
 
-#: Fill pattern of each shape kind when ``WorldConfig.texture`` is on: the pattern has a
-#: period of 4 image pixels, so every 4 x 4 patch inside an object shows its kind.
+#: Fill pattern of each shape kind when ``WorldConfig.texture`` is on. Its bands are 1/48
+#: of the image side wide (2 pixels at 96 px), so the period is one patch of the embedded
+#: model's 24 x 24 grid and every patch inside an object shows its kind.
 TEXTURES: dict[str, str] = {
     "circle": "solid",
     "square": "horizontal stripes",
@@ -106,9 +108,15 @@ TEXTURES: dict[str, str] = {
 }
 
 
-def _pattern(shape: str, size: int, k: int) -> np.ndarray:
-    """[size*k, size*k] float in {0, 1}: where the shape's texture darkens its colour."""
-    yy, xx = np.mgrid[0 : size * k, 0 : size * k] // (2 * k)  # 2-pixel bands
+def _pattern(shape: str, side: int, band: float) -> np.ndarray:
+    """[side, side] float in {0, 1}: where the shape's texture darkens its colour.
+
+    Args:
+        shape: One of :data:`SHAPES`.
+        side: Canvas side in (supersampled) pixels.
+        band: Band width in the same pixels.
+    """
+    yy, xx = (np.mgrid[0:side, 0:side] // band).astype(np.int64)
     kind = TEXTURES[shape]
     if kind == "horizontal stripes":
         return (yy % 2).astype(np.float64)
@@ -116,7 +124,7 @@ def _pattern(shape: str, size: int, k: int) -> np.ndarray:
         return (xx % 2).astype(np.float64)
     if kind == "checks":
         return ((xx + yy) % 2).astype(np.float64)
-    return np.zeros((size * k, size * k))
+    return np.zeros((side, side))
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,7 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
             ldraw.polygon(_polygon(obj.shape, sbox), fill=255)
         if cfg.texture:
             inside = np.asarray(layer) > 0  # [S*k, S*k]
-            dark = _pattern(obj.shape, S, k)[..., None]  # [S*k, S*k, 1]
+            dark = _pattern(obj.shape, S * k, S * k / 48)[..., None]  # [S*k, S*k, 1]
             fill = np.asarray(COLORS[obj.color], np.float64) * (1.0 - 0.4 * dark)
             canvas = np.asarray(big).copy()
             canvas[inside] = np.round(fill[inside]).astype(np.uint8)
