@@ -71,14 +71,18 @@ _BOOK_ONLY_TAGS = {"hide-input", "remove-input", "remove-output", "remove-cell",
 def book_setup() -> None:
     """Settings for the book's pages and notebooks; call once, in the first code cell.
 
-    Sets plotly's renderer to ``"plotly_mimetype+notebook"``, so that each figure is stored
-    in the notebook both as plotly JSON (JupyterLab, VS Code) and as self-contained HTML
-    with plotly.js (the built book; without it the book silently drops the figures). On
-    Colab, or when the environment variable ``PLOTLY_RENDERER`` is set, plotly's own choice
-    is kept.
+    Turns off transformers' progress bars (a "Loading weights" bar would otherwise be
+    stored in every page that loads a model) and sets plotly's renderer to
+    ``"plotly_mimetype+notebook"``, so that each figure is stored in the notebook both as
+    plotly JSON (JupyterLab, VS Code) and as self-contained HTML with plotly.js (the built
+    book; without it the book silently drops the figures). On Colab, or when the
+    environment variable ``PLOTLY_RENDERER`` is set, plotly's own choice is kept.
 
     Book: every page (first code cell).
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if "google.colab" in sys.modules or os.environ.get("PLOTLY_RENDERER"):
         return
     import plotly.io as pio
