@@ -105,6 +105,19 @@ def last_row_softmax(
     return scores.softmax(dim=-1)  # [B, H, K]
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hold transformers' warnings back (errors still show) for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _model_eager_forward(module: torch.nn.Module):
     """The eager attention function of the module's own modeling file."""
     fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
@@ -230,7 +243,9 @@ def last_token_attention(
             _ACTIVE.remove(rec)
         return _check_rows(rec, num_layers)
     if method == "eager":
-        with torch.no_grad(), _attn_implementation(decoder, "eager"):
+        # Only the decoder runs eager; the outer model's config still says "sdpa", and
+        # transformers would warn that sdpa returns no attentions (they are returned).
+        with torch.no_grad(), _attn_implementation(decoder, "eager"), _quiet_transformers():
             out = model(**inputs, output_attentions=True, **kwargs)
         attentions = getattr(out, "attentions", None)
         if not attentions or len(attentions) != num_layers:

@@ -33,6 +33,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model id, local folder or alias (default: the embedded 'shapes' model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: per device)")
+    p.add_argument("--quantization", default=None, choices=["8bit", "4bit"],
+                   help="load the weights in 8 or 4 bits (bitsandbytes, CUDA only; e.g. 13B on a T4)")
 
 
 def _add_grounding_args(p: argparse.ArgumentParser) -> None:
@@ -64,7 +66,8 @@ def _grounder(args):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     return Grounder.from_pretrained(
         args.model, heads=_heads_arg(args.heads), sam=args.sam, sam_backend=args.sam_backend,
-        sam_model_type=args.sam_model_type, device=args.device, dtype=dtype, sigma=args.sigma,
+        sam_model_type=args.sam_model_type, device=args.device, dtype=dtype,
+        quantization=args.quantization, sigma=args.sigma,
         threshold=args.threshold, component=args.component,
     )
 
@@ -129,7 +132,8 @@ def cmd_find_heads(args) -> int:
     state = _distributed()
     device = str(state.device) if state is not None else args.device
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, processor, adapter = load_model(args.model, device=device, dtype=dtype)
+    model, processor, adapter = load_model(args.model, device=device, dtype=dtype,
+                                           quantization=args.quantization)
     data = _dataset(args)
     filters = PUBLIC_CODE_FILTERS if args.public_code_filters else {}
     kwargs = dict(

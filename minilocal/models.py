@@ -227,11 +227,18 @@ def load_model(
     kwargs = {
         "dtype": torch_dtype, "attn_implementation": attn_implementation, "revision": revision,
     }
+    # Load straight onto the GPU where accelerate allows it: a 7B model in fp16 is ~14 GB,
+    # more than a free Colab's ~12.7 GB of RAM, so loading on the CPU first can kill it.
+    direct = quant is not None or (
+        device.startswith("cuda") and importlib.util.find_spec("accelerate") is not None
+    )
     if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": device})
+        kwargs.update(quantization_config=quant)
+    if direct:
+        kwargs.update(device_map={"": device})
     with oom_guard(f"loading {path}"):
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        if quant is None:
+        if not direct:
             model = model.to(device)
     model.eval()
     processor = AutoProcessor.from_pretrained(path, revision=revision)

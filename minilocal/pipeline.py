@@ -135,6 +135,7 @@ class Grounder:
         sam_model_type: str = "vit_b",
         device: str | None = None,
         dtype=None,
+        quantization=None,
         **kwargs,
     ) -> Grounder:
         """Load a model (hub id, local folder or alias such as "shapes"), heads and SAM.
@@ -148,11 +149,13 @@ class Grounder:
             sam_backend: "segment-anything" or "transformers".
             sam_model_type: Architecture of a segment-anything checkpoint (vit_b/l/h).
             device, dtype: Where and how to load the model.
+            quantization: None, "8bit" or "4bit" (bitsandbytes, CUDA only).
             **kwargs: Step-4 settings and SAM options for :class:`Grounder`.
         """
         from .models import default_heads_path, load_model
 
-        mdl, processor, adapter = load_model(model, device=device, dtype=dtype)
+        mdl, processor, adapter = load_model(model, device=device, dtype=dtype,
+                                             quantization=quantization)
         if heads is None:
             path = default_heads_path(model)
             if path is None:

@@ -119,3 +119,13 @@ def test_accelerate_find_heads_matches_one_process(model_dir, refer_root, tmp_pa
     a, b = HeadTable.from_json(single), HeadTable.from_json(multi)
     assert a.heads == b.heads and a.sample_ids == b.sample_ids
     np.testing.assert_array_equal(a.frequencies, b.frequencies)
+
+
+def test_quantization_option_reaches_the_loader(model_dir, tmp_path, capsys):
+    img = tmp_path / "img.png"
+    Image.new("RGB", (40, 40)).save(img)
+    assert main(["ground", str(img), "the thing", "--model", str(model_dir), "--heads", "L0H0",
+                 "--device", "cpu", "--quantization", "4bit"]) == 2
+    err = capsys.readouterr().err
+    assert "4bit" in err or "bitsandbytes" in err or "CUDA" in err
+    assert "Fix:" in err
