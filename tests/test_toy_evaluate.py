@@ -84,3 +84,17 @@ def test_centre_box_baseline_is_measured_not_assumed(tiny_textured):
     items = W.shapes_dataset("heldout", 8, cfg=replace(W.WorldConfig(), texture=True))
     sizes = np.array([[(it.box[2] - it.box[0]), (it.box[3] - it.box[1])] for it in items])
     assert sizes.min() > 0 and 0.0 <= rep["acc@0.5"]["centre_box"] <= 1.0
+
+
+def test_curriculum_starts_with_single_objects():
+    cfg = train.TrainConfig(curriculum=300)
+    worlds = [train.world_at(s, cfg) for s in (0, 74, 75, 150, 299, 300, 5000)]
+    assert [(w.min_objects, w.max_objects) for w in worlds] == [
+        (1, 1), (1, 1), (1, 2), (1, 3), (1, 4), (2, 4), (2, 4)]
+    assert train.world_at(10, train.TrainConfig()) == W.WorldConfig()  # no curriculum
+    processor = lvlm.build_processor(TINY)
+    _, n_answers = train.make_batch(0, replace(cfg, spec=TINY, batch=3), processor)
+    assert n_answers == 3  # one object per image: one question each
+    parsed, _ = train._parse(["--curriculum", "40", "--no-texture", "--layout", "question_first"])
+    assert parsed.curriculum == 40 and not parsed.world.texture
+    assert parsed.spec.layout == "question_first"
