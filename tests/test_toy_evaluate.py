@@ -98,3 +98,16 @@ def test_curriculum_starts_with_single_objects():
     parsed, _ = train._parse(["--curriculum", "40", "--no-texture", "--layout", "question_first"])
     assert parsed.curriculum == 40 and not parsed.world.texture
     assert parsed.spec.layout == "question_first"
+
+
+def test_second_stage_starts_from_the_saved_weights(tiny_textured, tmp_path):
+    base = dict(spec=TINY, batch=1, questions=1, warmup=1, probe_every=0, probe_items=1)
+    zero = train.train(train.TrainConfig(steps=1, lr=0.0, init=str(tiny_textured), **base),
+                       None, progress=False)["model"]
+    saved, _ = lvlm.load_toy(tiny_textured)
+    for a, b in zip(zero.parameters(), saved.parameters()):
+        assert torch.equal(a, b)  # lr 0: the second stage kept the first stage's weights
+    with pytest.raises(ValueError, match="sizes"):
+        train.train(train.TrainConfig(steps=1, init=str(tiny_textured),
+                                      **{**base, "spec": replace(TINY, layers=3)}), None,
+                    progress=False)

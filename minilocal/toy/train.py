@@ -59,6 +59,8 @@ class TrainConfig:
         curriculum: Steps of easier scenes first: step s < curriculum draws scenes of 1 to
             ``1 + s * max_objects // curriculum`` objects (single objects first: "where"
             can be learnt before "which"); 0: no curriculum.
+        init: Folder of a saved shapes LVLM to start from (a second stage of training;
+            its sizes must match ``spec``), None: random initialisation.
     """
 
     spec: lvlm.ModelSpec = field(default_factory=lvlm.ModelSpec)
@@ -78,6 +80,7 @@ class TrainConfig:
     start_index: int = 0
     device: str = "cpu"
     curriculum: int = 0
+    init: str | None = None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -210,7 +213,15 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     """
     torch.set_num_threads(cfg.threads)
     processor = lvlm.build_processor(cfg.spec)
-    model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed).to(cfg.device)
+    model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed)
+    if cfg.init is not None:
+        start, _ = lvlm.load_toy(cfg.init)
+        if lvlm.spec_of(start) != cfg.spec:
+            raise ValueError(
+                f"--init {cfg.init}: its sizes {lvlm.spec_of(start)} differ from {cfg.spec}; "
+                "pass the same sizes (or none: the defaults)")
+        model.load_state_dict(start.state_dict())
+    model = model.to(cfg.device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
@@ -291,6 +302,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
         description="Train the shapes LVLM from scratch (CPU).",
     )
     ap.add_argument("--out", default=None, help="output folder (save_pretrained)")
+    ap.add_argument("--init", default=None, help="start from this saved model (second stage)")
     for f in ("steps", "batch", "questions", "warmup", "seed", "threads", "probe_every",
               "probe_items", "start_index", "curriculum"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg, f))
@@ -310,7 +322,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
                                                 "patch_size")}
     )
     cfg = replace(
-        cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture),
+        cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture), init=a.init,
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
                                       "probe_every", "probe_items", "start_index", "curriculum", "lr",
                                       "final_lr", "weight_decay", "clip")},
