@@ -169,8 +169,8 @@ def heldout_report(
 
     # centre box: the mean relative box size of the selection split, centred
     sel_items = W.shapes_dataset("selection", 200, cfg=world)
-    rel = np.array([[(b[2] - b[0]) / it.image.size[0], (b[3] - b[1]) / it.image.size[1]]
-                    for it in sel_items for b in [it.box]]).mean(0)
+    rel = np.array([[(it.box[2] - it.box[0]) / it.image.size[0],
+                     (it.box[3] - it.box[1]) / it.image.size[1]] for it in sel_items]).mean(0)
     centre = []
     for it in items:
         w_, h_ = it.image.size
