@@ -200,6 +200,7 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
             ldraw.ellipse(sbox, fill=255)
         else:
             ldraw.polygon(_polygon(obj.shape, sbox), fill=255)
+        # the shape is drawn once, into its mask layer; the image takes its colour there
         if cfg.texture:
             inside = np.asarray(layer) > 0  # [S*k, S*k]
             dark = _pattern(obj.shape, S * k, S * k / 48)[..., None]  # [S*k, S*k, 1]
@@ -208,11 +209,7 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
             canvas[inside] = np.round(fill[inside]).astype(np.uint8)
             big = Image.fromarray(canvas)
         else:
-            draw = ImageDraw.Draw(big)
-            if obj.shape == "circle":
-                draw.ellipse(sbox, fill=COLORS[obj.color])
-            else:
-                draw.polygon(_polygon(obj.shape, sbox), fill=COLORS[obj.color])
+            big.paste(COLORS[obj.color], mask=layer)
         cover = np.asarray(layer.resize((S, S), Image.Resampling.BOX), dtype=np.float64) / 255
         masks.append(cover >= 0.5)
     image = np.asarray(big.resize((S, S), Image.Resampling.BOX), dtype=np.uint8)
