@@ -82,6 +82,12 @@ class ModelSpec:
         rope_theta: Rotary base of the decoder.
         layout: "image_first" (LLaVA's order) or "question_first" (see
             :data:`PROMPT_TEMPLATES`).
+        patch_init_std: Standard deviation of the initial patch-embedding weights (CLIP's
+            default 0.02 makes a patch's colour ~5x weaker than its position code in the
+            image features at the start; see ``experiments/LOG.md``).
+        positions: Initial position code of the tower: "sincos" (:func:`sincos_positions`)
+            or "place" (:func:`place_positions`: smooth bumps along the row and the column,
+            whose average over an object peaks at its centre).
     """
 
     image_size: int = 96
@@ -94,6 +100,8 @@ class ModelSpec:
     intermediate: int = 384
     rope_theta: float = 10000.0
     layout: str = "image_first"
+    patch_init_std: float = 0.02
+    positions: str = "sincos"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -234,7 +242,13 @@ def build_model(
     model = LlavaForConditionalGeneration(config)
     with torch.no_grad():
         emb = model.model.vision_tower.embeddings.position_embedding.weight
-        emb.copy_(sincos_positions(spec.grid, spec.vision_hidden))
+        table = {"sincos": sincos_positions, "place": place_positions}.get(spec.positions)
+        if table is None:
+            raise ValueError(f"unknown positions {spec.positions!r}; use 'sincos' or 'place'")
+        emb.copy_(table(spec.grid, spec.vision_hidden))
+        if spec.patch_init_std != 0.02:  # 0.02: transformers' own init (kept bit for bit)
+            model.model.vision_tower.embeddings.patch_embedding.weight.normal_(
+                0.0, spec.patch_init_std)
     model.set_attn_implementation("sdpa")
     return model.float()
 
@@ -266,6 +280,34 @@ def sincos_positions(grid: tuple[int, int], dim: int) -> torch.Tensor:
     table = torch.cat(parts, dim=1)  # [h*w, 4q]
     out = torch.zeros(1 + h * w, dim, dtype=torch.float64)
     out[1:, : 4 * quarter] = table
+    return out.float()
+
+
+def place_positions(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """Place-code position embeddings: Gaussian bumps along the row and along the column.
+
+    A quarter of the channels hold bumps centred on evenly spaced rows, a quarter on
+    evenly spaced columns (width = their spacing); the other half starts at zero. The mean
+    code over the patches of an object peaks at the object's centre row and column, so the
+    centre cell can be read out linearly from an attention-weighted average of the object.
+
+    Args:
+        grid: (h, w) of the patches.
+        dim: Embedding width (a multiple of 4).
+
+    Returns:
+        [1 + h * w, dim] float32 (row 0, the CLS position, is zero).
+    """
+    h, w = grid
+    quarter = dim // 4
+    out = torch.zeros(1 + h * w, dim, dtype=torch.float64)
+    rows = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w).reshape(-1)
+    cols = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w).reshape(-1)
+    for k, (pos, n) in enumerate(((rows, h), (cols, w))):
+        centres = torch.linspace(0, n - 1, quarter, dtype=torch.float64)
+        width = (n - 1) / max(1, quarter - 1)
+        bumps = torch.exp(-0.5 * ((pos[:, None] - centres[None, :]) / width) ** 2)
+        out[1:, k * quarter:(k + 1) * quarter] = bumps
     return out.float()
 
 

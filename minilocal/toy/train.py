@@ -311,13 +311,16 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     for f in ("layers", "heads", "kv_heads", "hidden", "intermediate", "vision_hidden",
               "image_size", "patch_size"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg.spec, f))
+    ap.add_argument("--patch-init-std", type=float, default=cfg.spec.patch_init_std)
+    ap.add_argument("--positions", default=cfg.spec.positions, choices=["sincos", "place"])
     ap.add_argument("--layout", default=cfg.spec.layout, choices=list(lvlm.PROMPT_TEMPLATES))
     ap.add_argument("--device", default=cfg.device, help="cpu (default) or cuda")
     ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=cfg.world.texture,
                     help="draw each shape kind with its own texture (world.TEXTURES)")
     a = ap.parse_args(argv)
     spec = replace(
-        cfg.spec, layout=a.layout, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
+        cfg.spec, layout=a.layout, patch_init_std=a.patch_init_std,
+        positions=a.positions, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
                                                 "intermediate", "vision_hidden", "image_size",
                                                 "patch_size")}
     )
