@@ -101,3 +101,32 @@ def test_sincos_positions_encode_row_and_column():
 def test_load_toy_without_a_model_raises(tmp_path):
     with pytest.raises(DatasetError, match="minilocal.toy.train"):
         lvlm.load_toy(tmp_path)
+
+
+def test_place_positions_peak_at_the_object_centre():
+    table = lvlm.place_positions((24, 24), 64)
+    assert table.shape == (577, 64) and table[0].abs().max() == 0
+    cells = table[1:].reshape(24, 24, 64)
+    # the mean code of an object spanning rows 5..13, columns 14..20 is closest (of all
+    # single cells) to the code of its centre cell (9, 17)
+    mean = cells[5:14, 14:21].mean((0, 1))
+    rows = (cells[:, 0, :16] - mean[:16]).norm(dim=-1)
+    cols = (cells[0, :, 16:32] - mean[16:32]).norm(dim=-1)
+    assert int(rows.argmin()) == 9 and int(cols.argmin()) == 17
+    assert table[1:, 32:].abs().max() == 0  # the other half starts empty
+
+
+def test_patch_init_std_and_positions_options():
+    processor = lvlm.build_processor(TINY)
+    default = lvlm.build_model(TINY, processor, seed=0)
+    again = lvlm.build_model(TINY, processor, seed=0)
+    w = default.model.vision_tower.embeddings.patch_embedding.weight
+    assert torch.equal(w, again.model.vision_tower.embeddings.patch_embedding.weight)
+    assert abs(float(w.std()) - 0.02) < 0.006
+    spec = lvlm.ModelSpec(**{**TINY.__dict__, "patch_init_std": 0.2, "positions": "place"})
+    big = lvlm.build_model(spec, processor, seed=0)
+    assert abs(float(big.model.vision_tower.embeddings.patch_embedding.weight.std()) - 0.2) < 0.06
+    pos = big.model.vision_tower.embeddings.position_embedding.weight
+    assert torch.equal(pos, lvlm.place_positions(TINY.grid, TINY.vision_hidden))
+    with pytest.raises(ValueError, match="sincos"):
+        lvlm.build_model(lvlm.ModelSpec(**{**TINY.__dict__, "positions": "nope"}), processor)
