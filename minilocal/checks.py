@@ -429,6 +429,34 @@ def _cases_grid_box() -> list[Case]:
     ]
 
 
+# -- chapter 6: the grid box on a non-square photo ----------------------------------------
+
+
+@_cases("grid_box_to_image")
+def _cases_grid_box_to_image() -> list[Case]:
+    b = np.array
+    r = realistic_inputs("grid_box_to_image")
+    return [
+        Case("square 336 x 336 image, 24 x 24 grid: the pad is a no-op",
+             (b([2.0, 3, 10, 12]), (24, 24), (336, 336))),
+        Case("landscape 640 x 480, 4 x 4 grid: pad above and below",
+             (b([1.0, 1, 3, 3]), (4, 4), (640, 480))),
+        Case("portrait 300 x 600, 3 x 3 grid: pad left and right",
+             (b([1.0, 0, 2, 2]), (3, 3), (300, 600))),
+        Case("grid of 2 rows x 4 columns on a 400 x 300 image (grid is (h, w))",
+             (b([0.0, 1, 2, 2]), (2, 4), (400, 300))),
+        Case("odd padding: 101 x 50 image, the pad is (101 - 50) // 2 = 25 pixels",
+             (b([1.0, 1, 2, 2]), (4, 4), (101, 50))),
+        Case("box reaching into the padding: clipped to the image",
+             (b([0.0, 0, 2, 1]), (4, 4), (640, 480))),
+        Case("box wholly in the padding: zero height on the image's edge",
+             (b([1.0, 3.5, 2, 4]), (4, 4), (640, 480))),
+        Case("realistic: a person on a 640 x 427 COCO photo, LLaVA-1.5's 24 x 24 grid",
+             (r["box_grid"], tuple(int(v) for v in r["grid"]),
+              tuple(int(v) for v in r["image_size"]))),
+    ]
+
+
 # -- metrics -------------------------------------------------------------------------------
 
 
@@ -577,6 +605,7 @@ _COMPARE: dict[str, Callable[[Any, Any], tuple[bool, str]]] = {
     "pseudo_mask": _same_mask,
     "convex_hull": _same_hull,
     "grid_box": _same_optional_array,
+    "grid_box_to_image": lambda g, e: _same_array(g, e, atol=1e-3),  # float32 answers pass
     "box_iou": _same_float,
     "acc_at": _same_float,
 }
@@ -718,6 +747,20 @@ def check_grid_box(fn: Callable, **kw) -> CheckResult:
     return run_check("grid_box", fn, **kw)
 
 
+def check_grid_box_to_image(fn: Callable, **kw) -> CheckResult:
+    """Check ``fn(box_grid, grid, image_size) -> [4] xyxy in image pixels``: a box in grid
+    units (``[x0, y0, x1, y1]``, x along the columns) mapped through LLaVA-1.5's
+    pad-to-square geometry. ``grid`` is (h, w), ``image_size`` is (W, H). The grid covers
+    the image pasted in the middle of a square of side S = max(W, H), at
+    ((S - W) // 2, (S - H) // 2): x = gx * S / w - (S - W) // 2, y = gy * S / h - (S - H) // 2,
+    then clipped to [0, W] x [0, H] (:meth:`minilocal.geometry.Geometry.grid_box_to_image`
+    of ``Geometry.pad_to_square``). Answers within 1e-3 pixel pass.
+
+    Book: ``book/06_your_model.ipynb``.
+    """
+    return run_check("grid_box_to_image", fn, **kw)
+
+
 def check_box_iou(fn: Callable, **kw) -> CheckResult:
     """Check ``fn(pred, gt) -> float``: IoU of two xyxy pixel boxes; 0 when ``pred`` is
     None, when the boxes do not overlap, or when the union is 0.
@@ -746,6 +789,7 @@ CHECKERS: dict[str, Callable[..., CheckResult]] = {
     "pseudo_mask": check_pseudo_mask,
     "convex_hull": check_convex_hull,
     "grid_box": check_grid_box,
+    "grid_box_to_image": check_grid_box_to_image,
     "box_iou": check_box_iou,
     "acc_at": check_acc_at,
 }

@@ -10,7 +10,7 @@ heads; pseudo mask, hull and box; final mask). ``find-heads`` runs the head sear
 JSON line per expression and prints Acc@0.5, mIoU and cIoU. Both resume after an
 interruption, and both shard their items over processes under ``accelerate launch``.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

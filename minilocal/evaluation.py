@@ -10,7 +10,7 @@ Several processes (``accelerate launch``, see :func:`evaluate`) each take every
 ``world_size``-th item, write their own ``<out>.rank<r>`` file, and the main process merges
 them in dataset order.
 
-Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.md``.
+Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

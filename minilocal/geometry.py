@@ -19,7 +19,7 @@ Stretching the grid onto W x H when the processor padded is the bug behind a rep
 failed reproduction of the paper (METHOD.md section 5); these constructors exist so that
 nobody has to write that arithmetic inline.
 
-Book: ``book/05_grounding.ipynb``.
+Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.ipynb`` (exercise 6.1).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ minilocal), and returns ``(model, processor, adapter)``:
 
 Nothing here downloads anything by itself: transformers does, from the hub, for hub ids.
 
-Book: ``book/06_your_model.md`` (and ``book/models.md`` for the support table).
+Book: ``book/06_your_model.ipynb`` (and ``book/models.md`` for the support table).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
             raise ModelNotSupportedError(
                 f"the packaged shapes model is missing (no {target}/config.json)",
                 "reinstall minilocal from a release that ships minilocal/assets/shapes-lvlm, "
-                "or train it with minilocal.toy (see book/06_your_model.md) and save it there.",
+                "or train it with minilocal.toy (see book/06_your_model.ipynb) and save it there.",
             )
         return target
     if Path(name).is_dir():
@@ -208,7 +208,7 @@ def load_model(
         InputError: Unknown alias / missing folder / bad dtype or quantization.
         OutOfMemoryError: The GPU ran out of memory while loading.
 
-    Book: ``book/06_your_model.md``.
+    Book: ``book/06_your_model.ipynb``.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -221,7 +221,7 @@ def load_model(
             f"{str(name_or_path)!r} is a {config.model_type!r} model, which minilocal has no "
             "adapter for",
             f"use a supported family ({', '.join(registered_model_types())}; see "
-            "book/models.md) or write an Adapter subclass (book/06_your_model.md).",
+            "book/models.md) or write an Adapter subclass (book/06_your_model.ipynb).",
         )
     quant = _quantization_config(quantization, torch_dtype, device)
     kwargs = {

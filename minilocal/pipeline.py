@@ -8,7 +8,7 @@
 ``Grounder.from_pretrained("llava-hf/llava-1.5-7b-hf", heads="heads.json", sam=...)`` runs
 the same steps on a real LVLM. The model is loaded once; every call is one prefill forward.
 
-Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.md``.
+Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

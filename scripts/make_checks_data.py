@@ -12,6 +12,9 @@ Realistic inputs (``realistic.npz``):
 * ``last_token_attention`` and ``s_img``: a tiny RANDOM LLaVA built from a config in code
   (``tests/tiny_models.py``), its eager attention and last rows on one image and expression.
   Its expected ``attn`` is the package's capture path (``LlavaAdapter.attention``).
+* ``grid_box_to_image``: the grid box (24 x 24, LLaVA-1.5's grid) that a perfect pseudo
+  mask would give for a person standing on the right of a 640 x 427 COCO-sized photo
+  (:func:`coco_person_grid_box`): the cells that cover its pixel box, through the padding.
 * every other checker: SYNTHETIC attention-like maps made by :func:`synthetic_attention`
   (seeded): 20 samples x 6 layers x 8 heads on a 12 x 12 grid, with "sink" heads that look
   at text, diffuse and scattered heads, single-cell heads and three localizing heads.
@@ -41,6 +44,8 @@ GRID = (12, 12)
 LAYERS, HEADS, SAMPLES = 6, 8, 20
 LOCALIZERS = [(3, 5), (4, 1), (3, 2), (5, 6)]
 IMAGE_SIZE = (640, 427)  # (W, H) of the pretend photo the synthetic grid covers
+LLAVA_GRID = (24, 24)  # LLaVA-1.5's grid of image tokens (336 px canvas, 14 px patches)
+PERSON_BOX = (402.0, 61.0, 583.0, 427.0)  # xyxy pixels on IMAGE_SIZE: feet on the bottom edge
 EXPR = "the small red circle left of the square"
 
 
@@ -63,6 +68,8 @@ REFERENCES = {
     "pseudo_mask": grounding.pseudo_mask,
     "convex_hull": grounding.convex_hull,
     "grid_box": lambda mask: grounding.hull_to_box(grounding.convex_hull(mask)),
+    "grid_box_to_image": lambda box_grid, grid, image_size: Geometry.pad_to_square(
+        image_size, grid).grid_box_to_image(box_grid),
     "box_iou": metrics.box_iou,
     "acc_at": metrics.acc_at,
 }
@@ -136,6 +143,15 @@ def synthetic_attention(seed: int = SEED, n: int = SAMPLES, layers: int = LAYERS
     return maps.astype(np.float32), boxes
 
 
+def coco_person_grid_box(image_size: tuple[int, int] = IMAGE_SIZE,
+                         grid: tuple[int, int] = LLAVA_GRID,
+                         box: tuple[float, ...] = PERSON_BOX) -> np.ndarray:
+    """[4] xyxy grid box: the whole cells covering the pixel ``box`` of an ``image_size``
+    photo under LLaVA-1.5's pad-to-square geometry (what a perfect pseudo mask gives)."""
+    g = Geometry.pad_to_square(image_size, grid).image_box_to_grid(np.asarray(box))
+    return np.array([np.floor(g[0]), np.floor(g[1]), np.ceil(g[2]), np.ceil(g[3])])
+
+
 def _tiny_llava_case():
     """Eager attentions, last rows, positions, grid and capture-path attn of a tiny LLaVA."""
     import torch
@@ -201,6 +217,9 @@ def realistic_inputs() -> tuple[dict[str, np.ndarray], dict[str, object]]:
         "pseudo_mask.combined": combined,
         "convex_hull.mask": mask,
         "grid_box.mask": mask,
+        "grid_box_to_image.box_grid": coco_person_grid_box(),
+        "grid_box_to_image.grid": np.array(LLAVA_GRID, dtype=np.int64),
+        "grid_box_to_image.image_size": np.array(IMAGE_SIZE, dtype=np.int64),
         "box_iou.pred": pred_boxes[sample],
         "box_iou.gt": geometry.grid_box_to_image(boxes[sample]),
         "acc_at.ious": np.array(ious),

@@ -101,6 +101,19 @@ WRONG = {
             [*np.argwhere(m)[:, ::-1].min(0), *(np.argwhere(m)[:, ::-1].max(0) + 1)], float)
         if m.any() else np.array([0, 0, m.shape[1], m.shape[0]], float),
     },
+    "grid_box_to_image": {
+        "stretch over W x H (public code's bug)": lambda b, grid, size: _g2i(
+            b, grid, size, scale=(size[0] / grid[1], size[1] / grid[0]), offset=(0, 0)),
+        "no pad offset": lambda b, grid, size: _g2i(
+            b, grid, size, offset=(0, 0)),
+        "no clipping": lambda b, grid, size: _g2i(b, grid, size, clip=False),
+        "pad offset (S - W) / 2, not rounded down": lambda b, grid, size: _g2i(
+            b, grid, size, offset=((max(size) - size[0]) / 2, (max(size) - size[1]) / 2)),
+        "grid read as (w, h)": lambda b, grid, size: _g2i(
+            b, grid, size, scale=(max(size) / grid[0], max(size) / grid[1])),
+        "pad offset added": lambda b, grid, size: _g2i(
+            b, grid, size, offset=(-((max(size) - size[0]) // 2), -((max(size) - size[1]) // 2))),
+    },
     "box_iou": {
         "no clipping of the intersection": lambda a, b: _iou_noclip(a, b),
         "None crashes": lambda a, b: REFERENCES["box_iou"](np.asarray(a), b),
@@ -115,6 +128,20 @@ WRONG = {
         "ignores threshold": lambda ious, threshold=0.5: REFERENCES["acc_at"](ious, 0.5),
     },
 }
+
+
+def _g2i(box_grid, grid, image_size, scale=None, offset=None, clip=True):
+    """Grid box -> pixels as x = gx * scale_x - offset_x (the reference's arithmetic by
+    default: scale S / w, S / h, offset the pad (S - W) // 2, (S - H) // 2, clipped)."""
+    (h, w), (W, H) = grid, image_size
+    S = max(W, H)
+    sx, sy = scale if scale is not None else (S / w, S / h)
+    ox, oy = offset if offset is not None else ((S - W) // 2, (S - H) // 2)
+    b = np.asarray(box_grid, dtype=float)
+    out = np.array([b[0] * sx - ox, b[1] * sy - oy, b[2] * sx - ox, b[3] * sy - oy])
+    if clip:
+        out = np.clip(out, 0, [W, H, W, H])
+    return out
 
 
 def _entropy_ge(m):

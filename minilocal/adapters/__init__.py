@@ -2,7 +2,7 @@
 
 Importing this package registers every adapter below by ``config.model_type``.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from .base import (

@@ -12,7 +12,7 @@ in one :class:`Adapter` subclass per family:
 
 Adapters register themselves by ``config.model_type``; :func:`get_adapter` picks one.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def get_adapter(model: PreTrainedModel, processor, **kwargs) -> Adapter:
             f"no minilocal adapter for model type {model_type!r} "
             f"({type(model).__name__})",
             f"use a supported family ({', '.join(registered_model_types())}) or write an "
-            "Adapter subclass (see book/06_your_model.md) and decorate it with "
+            "Adapter subclass (see book/06_your_model.ipynb) and decorate it with "
             "@register_adapter.",
         )
     return cls(model, processor, **kwargs)

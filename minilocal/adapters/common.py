@@ -1,6 +1,6 @@
 """Small pieces shared by the family adapters: templates, placed-image geometry, checks.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Prompt: DeepSeek-VL's conversation format up to the expression::
 
     User: <image_placeholder>\\nthe man on the left.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

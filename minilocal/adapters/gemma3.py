@@ -18,7 +18,7 @@ is unaffected by the bidirectional part (it is a text token); in a sliding-windo
 it sees only the last ``sliding_window`` keys, so image tokens further back get exactly 0
 there. Both capture paths take this from the model's own mask.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ With a single tile (small images, or ``crop_to_patches`` off) both are that tile
 Prompt: InternVL's chat format (Qwen-style markers) up to the expression; ``{image}`` is the
 processor's placeholder, expanded by the processor.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ class (CLIPImageProcessor or LlavaImageProcessor) sees a square and crops nothin
 A model may carry its own template in its config (``config.minilocal_prompt_template``,
 with ``{image}`` and ``{expr}`` placeholders); minilocal's toy model does.
 
-Book: ``book/01_attention.ipynb`` and ``book/06_your_model.md``.
+Book: ``book/01_attention.ipynb`` and ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

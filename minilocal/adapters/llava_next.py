@@ -24,7 +24,7 @@ keys too, but not counted).
 
 Prompt: the family's chat format up to the expression (query = the expression's ".").
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ query is the expression's final "." as in LLaVA's referseg prompt::
 
 Fewer pixels (``max_pixels=...``) mean fewer image tokens and less memory.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

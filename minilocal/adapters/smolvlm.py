@@ -23,7 +23,7 @@ Prompt: SmolVLM's chat format up to the expression::
 
     <|im_start|>User:<image>the man on the left.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations
