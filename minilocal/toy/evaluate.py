@@ -19,7 +19,7 @@ toy model but the dataset):
    It also reports the mIoU of the pseudo mask (upsampled to the image) and, when a SAM is
    given, of the SAM-refined mask.
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Design choices (measured in ``experiments/LOG.md``):
   the first answer token is predicted at the final "." so that position must gather the
   referent's location from the image.
 
-Book: ``book/06_your_model.md`` (and every chapter, which runs on this model).
+Book: ``book/06_your_model.ipynb`` (and every chapter, which runs on this model).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def build_tokenizer(grid: tuple[int, int]) -> PreTrainedTokenizerFast:
 
     A ``<s>`` is prepended to every text (as LLaVA's Llama tokenizer does).
 
-    Book: ``book/06_your_model.md``.
+    Book: ``book/06_your_model.ipynb``.
     """
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
     words = sorted(
@@ -169,7 +169,7 @@ def build_processor(spec: ModelSpec = ModelSpec()) -> LlavaProcessor:
     No centre crop (the whole image is seen); images of the shapes world are square, and
     the LLaVA adapter pads any other image to a square first.
 
-    Book: ``book/06_your_model.md``.
+    Book: ``book/06_your_model.ipynb``.
     """
     ip = LlavaImageProcessorPil(
         size={"height": spec.image_size, "width": spec.image_size},
@@ -198,7 +198,7 @@ def build_model(
     Returns:
         The model; its config carries ``minilocal_prompt_template`` and ``minilocal_spec``.
 
-    Book: ``book/06_your_model.md``.
+    Book: ``book/06_your_model.ipynb``.
     """
     tok = processor.tokenizer
     if spec.layout not in PROMPT_TEMPLATES:

@@ -12,7 +12,7 @@ initialisation is seeded. During training a probe measures localization on fixed
 the selection split: the share of each head's image attention that falls inside the GT box,
 and pointing (the head's argmax cell lies in the box).
 
-Book: ``book/06_your_model.md``.
+Book: ``book/06_your_model.ipynb``.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     Returns:
         The training report (config, loss curve, probes, time, threads, versions).
 
-    Book: ``book/06_your_model.md``.
+    Book: ``book/06_your_model.ipynb``.
     """
     torch.set_num_threads(cfg.threads)
     processor = lvlm.build_processor(cfg.spec)
