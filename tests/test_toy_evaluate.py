@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from minilocal.adapters import get_adapter
+from minilocal.grounding import ground
+from minilocal.metrics import box_iou
 from minilocal.selection import HeadTable
 from minilocal.toy import evaluate, lvlm, train
 from minilocal.toy import world as W
@@ -84,6 +86,26 @@ def test_centre_box_baseline_is_measured_not_assumed(tiny_textured):
     items = W.shapes_dataset("heldout", 8, cfg=replace(W.WorldConfig(), texture=True))
     sizes = np.array([[(it.box[2] - it.box[0]), (it.box[3] - it.box[1])] for it in items])
     assert sizes.min() > 0 and 0.0 <= rep["acc@0.5"]["centre_box"] <= 1.0
+
+
+def test_report_on_the_selection_split_for_model_choice(tiny_textured):
+    rep = evaluate.heldout_report(tiny_textured, [(0, 0)], n_items=3, split="selection",
+                                  start=300, progress=False)
+    assert rep["split"] == "selection" and rep["first_item"] == 300 and rep["n_heldout"] == 3
+    # the figures are those of selection items 300..302, recomputed here step by step
+    model, processor = lvlm.load_toy(tiny_textured)
+    adapter = get_adapter(model, processor)
+    world = lvlm.world_of(model)
+    want = []
+    for i in range(300, 303):
+        it = W.shapes_item("selection", i, world)
+        attn, prep = adapter.attention(it.image, it.expr)
+        box = ground(attn, [(0, 0)], prep.geometry).box
+        want.append(0.0 if box is None else round(float(box_iou(box, it.box)), 4))
+    assert rep["box_iou_selected"] == want
+    with pytest.raises(ValueError, match="heldout"):
+        evaluate.heldout_report(tiny_textured, [(0, 0)], n_items=1, split="train",
+                                progress=False)
 
 
 def test_curriculum_starts_with_single_objects():

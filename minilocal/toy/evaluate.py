@@ -124,6 +124,8 @@ def heldout_report(
     n_items: int = HELDOUT_ITEMS,
     sam=None,
     seed: int = 0,
+    split: str = "heldout",
+    start: int = 0,
     progress: bool = True,
 ) -> dict:
     """Held-out REC/RES figures of the chosen heads next to the references (module doc).
@@ -134,6 +136,10 @@ def heldout_report(
         n_items: Held-out items 0 .. n_items-1.
         sam: A :class:`minilocal.segmentation.SamRefiner` for the RES figure, or None.
         seed: Seed of the random-head draw.
+        split: "heldout" (the shipped figures) or "selection" (to compare candidate
+            models without looking at the held-out split; use ``start`` past the items
+            the head search used).
+        start: First item of the split.
 
     Returns:
         A JSON-able dict of figures (Acc@0.5 as fractions) and the settings.
@@ -148,7 +154,9 @@ def heldout_report(
         heads = HeadTable.from_json(folder / "heads.json")
     chosen = [tuple(h) for h in (heads.heads if isinstance(heads, HeadTable) else heads)]
     world = lvlm.world_of(model)
-    items = list(W.shapes_dataset("heldout", n_items, cfg=world))
+    if split not in ("heldout", "selection"):
+        raise ValueError(f"split {split!r}: use 'heldout' or 'selection'")
+    items = list(W.shapes_dataset(split, n_items, start, cfg=world))
     attn, preps = collect_attention(adapter, items, progress)  # [N, L, H, h, w]
     N, L, H = attn.shape[:3]
     gts = [it.box for it in items]
@@ -180,6 +188,8 @@ def heldout_report(
 
     pseudo_iou = [mask_iou(g.mask, it.mask) for g, it in zip(sel, items)]
     report = {
+        "split": split,
+        "first_item": start,
         "n_heldout": N,
         "heads": [format_head(h) for h in chosen],
         "acc@0.5": {
@@ -240,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=200, help="samples per repeat")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--heldout-items", type=int, default=HELDOUT_ITEMS)
+    ap.add_argument("--split", default="heldout", choices=["heldout", "selection"],
+                    help="evaluate on this split (selection: to compare candidate models)")
+    ap.add_argument("--start", type=int, default=0, help="first item of the split")
     ap.add_argument("--sam", default="shapes",
                     help="SAM for the RES figure: 'shapes' (embedded), a checkpoint, or 'none'")
     ap.add_argument("--cache-dir", default=None, help="resumable head-search cache")
@@ -256,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         from ..segmentation import load_sam
 
         sam = load_sam("segment-anything", a.sam)
-    report = heldout_report(a.model, n_items=a.heldout_items, sam=sam)
+    report = heldout_report(a.model, n_items=a.heldout_items, sam=sam, split=a.split,
+                            start=a.start)
     text = json.dumps(report, indent=1)
     print(text)
     if a.out:
