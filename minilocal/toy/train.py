@@ -312,6 +312,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
               "image_size", "patch_size"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg.spec, f))
     ap.add_argument("--patch-init-std", type=float, default=cfg.spec.patch_init_std)
+    ap.add_argument("--rope-theta", type=float, default=cfg.spec.rope_theta)
     ap.add_argument("--positions", default=cfg.spec.positions, choices=["sincos", "place"])
     ap.add_argument("--layout", default=cfg.spec.layout, choices=list(lvlm.PROMPT_TEMPLATES))
     ap.add_argument("--device", default=cfg.device, help="cpu (default) or cuda")
@@ -320,7 +321,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     a = ap.parse_args(argv)
     spec = replace(
         cfg.spec, layout=a.layout, patch_init_std=a.patch_init_std,
-        positions=a.positions, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
+        positions=a.positions, rope_theta=a.rope_theta, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
                                                 "intermediate", "vision_hidden", "image_size",
                                                 "patch_size")}
     )

@@ -1,0 +1,20 @@
+"""Diagnostic: train on an EASY shapes world (no relations, no distractors, no twins).
+
+Usage: python experiments/easy_world.py OUT IMAGE_SIZE STEPS
+Expressions are then mostly one attribute ("the red shape", "the circle"): selecting the
+referent needs a single-feature match. Probe items come from the same easy world.
+See experiments/LOG.md section 8.
+"""
+
+import sys
+from dataclasses import replace
+
+from minilocal.toy import lvlm, train
+from minilocal.toy import world as W
+
+out, image_size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+easy = replace(W.WorldConfig(), relational=0.0, distractor=0.0, twin=0.0)
+spec = replace(lvlm.ModelSpec(), layers=4, patch_init_std=0.2, image_size=image_size)
+cfg = train.TrainConfig(spec=spec, world=easy, steps=steps, threads=1, probe_items=24)
+report = train.train(cfg, out)
+print({k: v for k, v in report["probes"][-1].items() if k not in ("in_box", "pointing", "s_img")})
