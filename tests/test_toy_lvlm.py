@@ -130,3 +130,13 @@ def test_patch_init_std_and_positions_options():
     assert torch.equal(pos, lvlm.place_positions(TINY.grid, TINY.vision_hidden))
     with pytest.raises(ValueError, match="sincos"):
         lvlm.build_model(lvlm.ModelSpec(**{**TINY.__dict__, "positions": "nope"}), processor)
+
+
+def test_command_line_sets_the_init_options():
+    cfg, out = train._parse(["--out", "somewhere", "--patch-init-std", "0.2", "--rope-theta",
+                             "1e6", "--positions", "place", "--layers", "4"])
+    assert out == "somewhere"
+    assert (cfg.spec.patch_init_std, cfg.spec.rope_theta, cfg.spec.positions,
+            cfg.spec.layers) == (0.2, 1e6, "place", 4)
+    default, _ = train._parse([])
+    assert default.spec == lvlm.ModelSpec()  # the shipped model's sizes and init
