@@ -203,6 +203,9 @@ def build_model(
     tok = processor.tokenizer
     if spec.layout not in PROMPT_TEMPLATES:
         raise ValueError(f"unknown layout {spec.layout!r}; use one of {list(PROMPT_TEMPLATES)}")
+    if spec.positions not in POSITION_CODES:
+        raise ValueError(
+            f"unknown positions {spec.positions!r}; use one of {list(POSITION_CODES)}")
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -242,10 +245,7 @@ def build_model(
     model = LlavaForConditionalGeneration(config)
     with torch.no_grad():
         emb = model.model.vision_tower.embeddings.position_embedding.weight
-        table = {"sincos": sincos_positions, "place": place_positions}.get(spec.positions)
-        if table is None:
-            raise ValueError(f"unknown positions {spec.positions!r}; use 'sincos' or 'place'")
-        emb.copy_(table(spec.grid, spec.vision_hidden))
+        emb.copy_(POSITION_CODES[spec.positions](spec.grid, spec.vision_hidden))
         if spec.patch_init_std != 0.02:  # 0.02: transformers' own init (kept bit for bit)
             model.model.vision_tower.embeddings.patch_embedding.weight.normal_(
                 0.0, spec.patch_init_std)
@@ -309,6 +309,10 @@ def place_positions(grid: tuple[int, int], dim: int) -> torch.Tensor:
         bumps = torch.exp(-0.5 * ((pos[:, None] - centres[None, :]) / width) ** 2)
         out[1:, k * quarter:(k + 1) * quarter] = bumps
     return out.float()
+
+
+#: Initial position codes of the vision tower, by ``ModelSpec.positions``.
+POSITION_CODES = {"sincos": sincos_positions, "place": place_positions}
 
 
 def load_toy(

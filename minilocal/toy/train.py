@@ -313,7 +313,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg.spec, f))
     ap.add_argument("--patch-init-std", type=float, default=cfg.spec.patch_init_std)
     ap.add_argument("--rope-theta", type=float, default=cfg.spec.rope_theta)
-    ap.add_argument("--positions", default=cfg.spec.positions, choices=["sincos", "place"])
+    ap.add_argument("--positions", default=cfg.spec.positions, choices=list(lvlm.POSITION_CODES))
     ap.add_argument("--layout", default=cfg.spec.layout, choices=list(lvlm.PROMPT_TEMPLATES))
     ap.add_argument("--device", default=cfg.device, help="cpu (default) or cuda")
     ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=cfg.world.texture,
