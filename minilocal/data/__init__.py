@@ -1,9 +1,11 @@
 """Datasets in one item format: :class:`GroundingItem` (image, expr, xyxy box, mask, ids).
 
 RefCOCO, RefCOCO+ and RefCOCOg load with :func:`load_refcoco` from the refer toolkit's
-files or from the jxu124 / lmms-lab parquet copies.
+files or from the jxu124 / lmms-lab parquet copies; :func:`refcoco_sample` downloads a
+small sample of a split (annotations and only the images it uses) for the Colab notebooks.
 """
 
+from .download import download_refcoco_annotations, fetch_coco_images, refcoco_sample
 from .items import GroundingDataset, GroundingItem
 from .parquet import ParquetImages, load_jxu124, load_lmms_lab
 from .refcoco import detect_source, load_refcoco
@@ -15,12 +17,15 @@ __all__ = [
     "ParquetImages",
     "decode_segmentation",
     "detect_source",
+    "download_refcoco_annotations",
+    "fetch_coco_images",
     "load_dataset",
     "load_jxu124",
     "load_lmms_lab",
     "load_refcoco",
     "load_refer",
     "read_refs_pickle",
+    "refcoco_sample",
 ]
 
 

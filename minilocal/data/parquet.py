@@ -1,8 +1,9 @@
 """RefCOCO, RefCOCO+ and RefCOCOg from the Hugging Face parquet copies.
 
 Two public copies are read, each from a local copy of its dataset repository
-(``huggingface-cli download <repo> --repo-type dataset --local-dir <root>``); minilocal
-itself downloads nothing.
+(``huggingface-cli download <repo> --repo-type dataset --local-dir <root>``); these
+loaders download nothing (:func:`minilocal.data.download.refcoco_sample` fetches a small
+jxu124 sample on request).
 
 **jxu124** (``jxu124/refcoco``, ``jxu124/refcocoplus``, ``jxu124/refcocog``): the refer
 toolkit's refs, one row per ref (object), no images (they need the COCO train2014 folder).
