@@ -1,6 +1,7 @@
 """The shapes LVLM builders and the training script, on a tiny configuration."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -140,3 +141,71 @@ def test_command_line_sets_the_init_options():
             cfg.spec.layers) == (0.2, 1e6, "place", 4)
     default, _ = train._parse([])
     assert default.spec == lvlm.ModelSpec()  # the shipped model's sizes and init
+
+
+def test_planter_recomputes_the_heads_real_attention_rows():
+    """The planting loss reads the same attention the model attends with (eager), and
+    its gradient reaches the planted layer's query and key projections."""
+    spec = lvlm.ModelSpec(image_size=32, patch_size=4, vision_hidden=16, layers=2, heads=2,
+                          kv_heads=2, hidden=32, intermediate=64)
+    processor = lvlm.build_processor(spec)
+    model = lvlm.build_model(spec, processor, seed=0)
+    model.set_attn_implementation("eager")
+    world = W.WorldConfig(image_size=32)
+    cfg = train.TrainConfig(spec=spec, world=world, batch=2, questions=2)
+    batch, _, maps = train.make_batch(0, cfg, processor, targets=True)
+    planter = train.Planter(model, ((1, 1),), model.config.image_token_id)
+    out = model(**batch, output_attentions=True)
+    rows = out.attentions[1][:, 1]  # [B, T, T]: layer 1, head 1
+    sup = batch["labels"] != -100
+    queries = (~sup[:, :-1]) & sup[:, 1:]
+    image = batch["input_ids"][0] == model.config.image_token_id
+    want = 0.0
+    for b in range(2):
+        pos = torch.nonzero(queries[b]).flatten()
+        assert len(pos) == len(maps[b]) >= 1
+        target = torch.as_tensor(np.stack(maps[b]), dtype=torch.float32)
+        assert torch.allclose(target.sum(-1), torch.ones(len(pos)))
+        want = want - (target * torch.log(rows[b, pos][:, image])).sum()
+    want = want / sum(len(m) for m in maps)
+    got = planter.loss(batch, maps)
+    assert torch.allclose(got, want, rtol=1e-4)
+    got.backward()
+    layer = model.model.language_model.layers[1].self_attn
+    assert layer.q_proj.weight.grad.abs().sum() > 0 and layer.k_proj.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    planter.remove()
+    model(**batch)
+    assert planter.saved == {}
+
+
+def test_training_with_planted_heads_marks_the_model(tmp_path):
+    cfg = train.TrainConfig(spec=TINY, steps=2, batch=2, questions=2, warmup=1, probe_every=0,
+                            probe_items=1, world=W.WorldConfig(image_size=32),
+                            plant=((1, 0),))
+    report = train.train(cfg, tmp_path, progress=False)
+    assert "plant_loss" in report["log"][0] and np.isfinite(report["log"][0]["plant_loss"])
+    model, _ = lvlm.load_toy(tmp_path)
+    assert model.config.minilocal_planted_heads == [[1, 0]]
+    with pytest.raises(ValueError, match="L5H0"):
+        train.train(train.TrainConfig(spec=TINY, steps=1, plant=((5, 0),)), None, progress=False)
+    cli, _ = train._parse(["--plant", "L3H2,L5H6", "--plant-weight", "0.5"])
+    assert cli.plant == ((3, 2), (5, 6)) and cli.plant_weight == 0.5
+
+
+def test_text_stage_trains_the_decoder_only_and_is_recorded():
+    processor = lvlm.build_processor(TINY)
+    model = lvlm.build_model(TINY, processor, seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = train.TrainConfig(spec=TINY, text_steps=3, text_batch=2, questions=2)
+    log = train.text_stage(model, processor, cfg, progress=False)
+    assert [r["step"] for r in log] == [0, 2] and all(np.isfinite(r["loss"]) for r in log)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any("language_model" in n for n in changed) and "lm_head.weight" in changed
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in changed)
+    report = train.train(replace(cfg, steps=1, batch=1, warmup=1, probe_every=0, probe_items=1),
+                         None, progress=False)
+    assert len(report["text_stage_log"]) == 2
+    assert report["config"]["text_steps"] == 3
+    cli, _ = train._parse(["--text-steps", "7", "--text-batch", "5"])
+    assert (cli.text_steps, cli.text_batch) == (7, 5)

@@ -61,6 +61,18 @@ class TrainConfig:
             can be learnt before "which"); 0: no curriculum.
         init: Folder of a saved shapes LVLM to start from (a second stage of training;
             its sizes must match ``spec``), None: random initialisation.
+        plant: Heads (layer, head) whose last-token attention is TRAINED onto the referent
+            by an extra loss (PLANTED localization heads; empty: none, the heads that the
+            search finds then emerge from the answer loss alone). A planted model says so
+            in its config (``minilocal_planted_heads``) and report; see
+            ``experiments/LOG.md`` for why this option exists.
+        plant_weight: Weight of the planting loss (cross-entropy between the referent's
+            mask, pooled to the grid, and the head's attention over all keys).
+        text_steps: Steps of STAGE 0, language pre-training before the image stage
+            (:func:`text_stage`; 0: none). A real LVLM starts from a pre-trained language
+            model whose last token already sums up the sentence; this stage gives the
+            shapes decoder that ability (see ``experiments/LOG.md`` section 9).
+        text_batch: Sequences per stage-0 step.
     """
 
     spec: lvlm.ModelSpec = field(default_factory=lvlm.ModelSpec)
@@ -81,6 +93,10 @@ class TrainConfig:
     device: str = "cpu"
     curriculum: int = 0
     init: str | None = None
+    plant: tuple[tuple[int, int], ...] = ()
+    plant_weight: float = 1.0
+    text_steps: int = 0
+    text_batch: int = 64
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -99,13 +115,26 @@ def world_at(step: int, cfg: TrainConfig) -> W.WorldConfig:
     return replace(cfg.world, min_objects=1, max_objects=most)
 
 
-def make_batch(step: int, cfg: TrainConfig, processor) -> tuple[dict, int]:
+def pooled_mask(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """[S, S] bool mask -> [h * w] share of each grid cell covered, normalised to sum 1."""
+    h, w = grid
+    S = mask.shape[0]
+    cells = mask.reshape(h, S // h, w, S // w).mean((1, 3)).ravel()
+    return cells / max(cells.sum(), 1e-12)
+
+
+def make_batch(step: int, cfg: TrainConfig, processor, targets: bool = False):
     """The batch of step ``step``: train items ``start + step * batch ...`` of the world.
 
+    Args:
+        targets: Also return, per image and question, the referent's mask pooled to the
+            grid (:func:`pooled_mask`), for planting.
+
     Returns:
-        (model inputs with labels, number of answers in the batch).
+        (model inputs with labels, number of answers in the batch), plus the targets when
+        asked.
     """
-    images, questions = [], []
+    images, questions, maps = [], [], []
     world = world_at(step, cfg)
     for b in range(cfg.batch):
         index = cfg.start_index + step * cfg.batch + b
@@ -117,8 +146,143 @@ def make_batch(step: int, cfg: TrainConfig, processor) -> tuple[dict, int]:
         ]
         images.append(s.scene.image)
         questions.append(qa)
+        maps.append([pooled_mask(s.scene.masks[t], cfg.spec.grid) for t in s.targets[: len(qa)]])
     batch = lvlm.encode_questions(processor, images, questions, layout=cfg.spec.layout)
-    return {k: v.to(cfg.device) for k, v in batch.items()}, sum(len(q) for q in questions)
+    batch = {k: v.to(cfg.device) for k, v in batch.items()}
+    n = sum(len(q) for q in questions)
+    return (batch, n, maps) if targets else (batch, n)
+
+
+#: First train-split index of stage 0's expressions (far from the image stage's items).
+TEXT_STAGE_START = 10**8
+#: Scenes whose expressions stage 0 draws from.
+TEXT_STAGE_POOL = 2000
+
+
+def text_stage(model, processor, cfg: TrainConfig, progress: bool = True) -> list[dict]:
+    """Stage 0: language pre-training of the decoder on text alone.
+
+    Each sequence is ``<s> SYSTEM where is E1 . w1 where is E2 . w2 ...`` with the
+    expressions of one train scene and no image; each ``w`` is one word of its expression
+    (not "the"), drawn at random, and the loss is on the ``w`` only. The best guess at a
+    "." is then the expression's bag of words: the decoder learns to GATHER the
+    expression into the query position. Without the 576 image tokens (which take nearly
+    all of the attention of a freshly initialised head) this is learnt in a few hundred
+    steps; inside the image stage it is not (``experiments/LOG.md`` section 9).
+
+    Args:
+        model: The shapes LVLM (trained in place; its vision tower gets no gradient).
+        processor: Its processor.
+        cfg: ``text_steps``, ``text_batch``, ``lr``, ``seed``, ``world``, ``questions``.
+
+    Returns:
+        The stage's log (step, loss), every 10 steps.
+    """
+    tok = processor.tokenizer
+    rng = np.random.default_rng([cfg.seed, 0])
+    params = [p for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    prefix = tok(lvlm.SYSTEM)["input_ids"]
+    pool = [W.shapes_sample("train", TEXT_STAGE_START + i, cfg.world, questions=cfg.questions)
+            .exprs for i in range(TEXT_STAGE_POOL)]
+    log = []
+    bar = tqdm(range(cfg.text_steps), disable=not progress, desc="stage 0 (text)",
+               dynamic_ncols=True)
+    for step in bar:
+        seqs, labs = [], []
+        for _ in range(cfg.text_batch):
+            ids, lab = list(prefix), [-100] * len(prefix)
+            for expr in pool[int(rng.integers(len(pool)))]:
+                q = tok(f"{lvlm.QUESTION} {expr} .", add_special_tokens=False)["input_ids"]
+                words = [w for w in expr.split() if w != "the"]
+                a = tok(words[int(rng.integers(len(words)))], add_special_tokens=False)["input_ids"]
+                ids += q + a
+                lab += [-100] * len(q) + a
+            seqs.append(ids)
+            labs.append(lab)
+        T = max(map(len, seqs))
+        ids_t = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
+        lab_t = torch.full((len(seqs), T), -100, dtype=torch.long)
+        mask = torch.zeros((len(seqs), T), dtype=torch.long)
+        for i, (a, b) in enumerate(zip(seqs, labs)):
+            ids_t[i, : len(a)] = torch.tensor(a)
+            lab_t[i, : len(b)] = torch.tensor(b)
+            mask[i, : len(a)] = 1
+        dev = cfg.device
+        loss = model(input_ids=ids_t.to(dev), attention_mask=mask.to(dev),
+                     labels=lab_t.to(dev)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        opt.step()
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if step % 10 == 0 or step == cfg.text_steps - 1:
+            log.append({"step": step, "loss": round(float(loss), 5)})
+    return log
+
+
+class Planter:
+    """The planting loss: chosen heads' attention from each answer's query onto the referent.
+
+    Hooks the chosen layers' attention modules to keep their inputs, then recomputes the
+    chosen heads' attention rows at the query positions (the "." before each answer) with
+    the module's own projections and rotary embedding: the same numbers the model attends
+    with, differentiable, without switching the model to eager attention.
+    """
+
+    def __init__(self, model, heads: tuple[tuple[int, int], ...], image_token_id: int):
+        self.heads = [tuple(h) for h in heads]
+        self.image_token_id = image_token_id
+        self.layers = model.model.language_model.layers
+        self.saved: dict[int, tuple] = {}
+        self.hooks = [
+            self.layers[layer].self_attn.register_forward_pre_hook(self._keep(layer),
+                                                                   with_kwargs=True)
+            for layer in sorted({layer for layer, _ in self.heads})
+        ]
+
+    def _keep(self, layer: int):
+        def hook(module, args, kwargs):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            self.saved[layer] = (hidden, kwargs["position_embeddings"])
+        return hook
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def loss(self, batch: dict, maps: list[list[np.ndarray]]) -> torch.Tensor:
+        """Mean cross-entropy between each referent map and the head's attention row."""
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        ids, labels = batch["input_ids"], batch["labels"]
+        sup = labels != -100
+        queries = (~sup[:, :-1]) & sup[:, 1:]  # [B, T-1]: the "." before each answer
+        image = ids[0] == self.image_token_id  # [T] (the same layout in every row)
+        total, count = 0.0, 0
+        for layer, head in self.heads:
+            hidden, (cos, sin) = self.saved[layer]
+            attn = self.layers[layer].self_attn
+            B, T, _ = hidden.shape
+            d = attn.head_dim
+            kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
+            q = attn.q_proj(hidden).view(B, T, -1, d)[:, :, head]  # [B, T, d]
+            k = attn.k_proj(hidden).view(B, T, -1, d)[:, :, kv]
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            for b in range(B):
+                pos = torch.nonzero(queries[b]).flatten()  # [Q]
+                if len(pos) == 0:
+                    continue
+                logits = q[b, pos] @ k[b].T * attn.scaling  # [Q, T]
+                keys = torch.arange(T, device=logits.device)
+                logits = logits.masked_fill(keys[None, :] > pos[:, None], float("-inf"))
+                logp = torch.log_softmax(logits, -1)[:, image]  # [Q, n_image]
+                target = torch.as_tensor(np.stack(maps[b][: len(pos)]), dtype=logp.dtype,
+                                         device=logp.device)
+                total = total - (target * logp).sum(-1).sum()
+                count += len(pos)
+        self.saved.clear()
+        return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -223,6 +387,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         model.load_state_dict(start.state_dict())
     model = model.to(cfg.device)
     model.train()
+    text_log = text_stage(model, processor, cfg, progress) if cfg.text_steps else []
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
@@ -231,6 +396,14 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
     )
     probe_items = [W.shapes_item("selection", i, cfg.world) for i in range(cfg.probe_items)]
+    planter = None
+    if cfg.plant:
+        n_layers, n_heads = cfg.spec.layers, cfg.spec.heads
+        for layer, head in cfg.plant:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ValueError(f"--plant L{layer}H{head}: the model has {n_layers} layers x "
+                                 f"{n_heads} heads; name heads inside it")
+        planter = Planter(model, cfg.plant, model.config.image_token_id)
     report: dict = {
         "config": asdict(cfg),
         "command": " ".join([Path(sys.executable).name, "-m", "minilocal.toy.train"] + sys.argv[1:]),
@@ -238,6 +411,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         "torch": torch.__version__,
         "platform": platform.platform(),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "text_stage_log": text_log,
         "log": [],
         "probes": [],
     }
@@ -247,9 +421,14 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        batch, _ = make_batch(step, cfg, processor)
+        made = make_batch(step, cfg, processor, targets=planter is not None)
+        batch, maps = made[0], made[-1]
         out_ = model(**batch)
         loss = out_.loss
+        plant_loss = None
+        if planter is not None:
+            plant_loss = planter.loss(batch, maps)
+            loss = loss + cfg.plant_weight * plant_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -259,14 +438,16 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             pred = out_.logits[:, :-1].argmax(-1)
             sup = lab != -100
             acc = float((pred[sup] == lab[sup]).float().mean())
-        loss_value = float(loss.detach())
+        loss_value = float(out_.loss.detach())
         run_loss = loss_value if run_loss is None else 0.95 * run_loss + 0.05 * loss_value
         run_acc = acc if run_acc is None else 0.95 * run_acc + 0.05 * acc
         bar.set_postfix(loss=f"{run_loss:.3f}", tok_acc=f"{run_acc:.3f}")
         if step % 10 == 0 or step == cfg.steps - 1:
             report["log"].append(
                 {"step": step, "loss": round(loss_value, 5), "token_acc": round(acc, 4),
-                 "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
+                 "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1),
+                 **({} if plant_loss is None else
+                    {"plant_loss": round(float(plant_loss.detach()), 5)})}
             )
         last = step == cfg.steps - 1
         if last or (cfg.probe_every and step > 0 and step % cfg.probe_every == 0):
@@ -281,6 +462,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 f"{top['head']} {top['in_box']:.3f} pointing {top['pointing']:.3f}"
             )
     report["train_seconds"] = round(time.time() - t0, 1)
+    if planter is not None:
+        planter.remove()
+        model.config.minilocal_planted_heads = [list(h) for h in cfg.plant]
     model.eval()
     model.to("cpu")
     model.config.minilocal_world = asdict(cfg.world)
@@ -304,7 +488,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     ap.add_argument("--out", default=None, help="output folder (save_pretrained)")
     ap.add_argument("--init", default=None, help="start from this saved model (second stage)")
     for f in ("steps", "batch", "questions", "warmup", "seed", "threads", "probe_every",
-              "probe_items", "start_index", "curriculum"):
+              "probe_items", "start_index", "curriculum", "text_steps", "text_batch"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg, f))
     for f in ("lr", "final_lr", "weight_decay", "clip"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(cfg, f))
@@ -316,6 +500,9 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     ap.add_argument("--positions", default=cfg.spec.positions, choices=list(lvlm.POSITION_CODES))
     ap.add_argument("--layout", default=cfg.spec.layout, choices=list(lvlm.PROMPT_TEMPLATES))
     ap.add_argument("--device", default=cfg.device, help="cpu (default) or cuda")
+    ap.add_argument("--plant", default="", help="heads to PLANT, e.g. L3H2,L5H6 (an extra "
+                    "loss trains their attention onto the referent; default: none)")
+    ap.add_argument("--plant-weight", type=float, default=cfg.plant_weight)
     ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=cfg.world.texture,
                     help="draw each shape kind with its own texture (world.TEXTURES)")
     a = ap.parse_args(argv)
@@ -325,10 +512,15 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
                                                 "intermediate", "vision_hidden", "image_size",
                                                 "patch_size")}
     )
+    from ..selection import parse_head
+
+    plant = tuple(parse_head(h) for h in a.plant.split(",") if h.strip())
     cfg = replace(
         cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture), init=a.init,
+        plant=plant, plant_weight=a.plant_weight,
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
-                                      "probe_every", "probe_items", "start_index", "curriculum", "lr",
+                                      "probe_every", "probe_items", "start_index", "curriculum",
+                                      "text_steps", "text_batch", "lr",
                                       "final_lr", "weight_decay", "clip")},
     )
     return cfg, a.out
