@@ -78,6 +78,7 @@ def test_search_and_heldout_report(tiny_textured, tmp_path):
     assert best >= acc["random_head_expected"]  # the best head is at least the mean head
     assert 0.0 <= rep["miou_pseudo_mask"] <= 1.0 and rep["miou_sam"] is None
     assert sum(v["n"] for v in rep["by_kind"].values()) == 6
+    assert rep["planted_heads"] == []  # trained on the answer loss alone
     json.dumps(rep)  # JSON-able
 
 

@@ -187,6 +187,10 @@ def test_training_with_planted_heads_marks_the_model(tmp_path):
     assert "plant_loss" in report["log"][0] and np.isfinite(report["log"][0]["plant_loss"])
     model, _ = lvlm.load_toy(tmp_path)
     assert model.config.minilocal_planted_heads == [[1, 0]]
+    from minilocal.toy import evaluate
+
+    rep = evaluate.heldout_report(tmp_path, [(0, 1)], n_items=2, progress=False)
+    assert rep["planted_heads"] == ["L1H0"]  # the report says how the heads got there
     with pytest.raises(ValueError, match="L5H0"):
         train.train(train.TrainConfig(spec=TINY, steps=1, plant=((5, 0),)), None, progress=False)
     cli, _ = train._parse(["--plant", "L3H2,L5H6", "--plant-weight", "0.5"])

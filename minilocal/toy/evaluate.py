@@ -192,6 +192,10 @@ def heldout_report(
         "first_item": start,
         "n_heldout": N,
         "heads": [format_head(h) for h in chosen],
+        # heads whose attention training pulled onto the referent (train --plant), if any:
+        # the search was not told about them
+        "planted_heads": [format_head(tuple(h)) for h in
+                          getattr(model.config, "minilocal_planted_heads", None) or []],
         "acc@0.5": {
             "selected_heads": round(acc_sel, 4),
             "mean_of_all_heads": round(acc_mean, 4),
