@@ -121,12 +121,12 @@ def test_patch_init_std_and_positions_options():
     processor = lvlm.build_processor(TINY)
     default = lvlm.build_model(TINY, processor, seed=0)
     again = lvlm.build_model(TINY, processor, seed=0)
-    w = default.model.vision_tower.embeddings.patch_embedding.weight
+    w = default.model.vision_tower.embeddings.patch_embedding.weight.detach()
     assert torch.equal(w, again.model.vision_tower.embeddings.patch_embedding.weight)
     assert abs(float(w.std()) - 0.02) < 0.006
     spec = lvlm.ModelSpec(**{**TINY.__dict__, "patch_init_std": 0.2, "positions": "place"})
     big = lvlm.build_model(spec, processor, seed=0)
-    assert abs(float(big.model.vision_tower.embeddings.patch_embedding.weight.std()) - 0.2) < 0.06
+    assert abs(float(big.model.vision_tower.embeddings.patch_embedding.weight.detach().std()) - 0.2) < 0.06
     pos = big.model.vision_tower.embeddings.position_embedding.weight
     assert torch.equal(pos, lvlm.place_positions(TINY.grid, TINY.vision_hidden))
     with pytest.raises(ValueError, match="sincos"):
