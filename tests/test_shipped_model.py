@@ -29,6 +29,9 @@ def test_default_model_is_the_shipped_one_with_its_heads(grounder):
     assert grounder.adapter.model_id() == lvlm.MODEL_ID == table.model_id
     assert REPORT["heads"] == [f"L{a}H{b}" for a, b in table.heads]
     assert (FOLDER / "training_report.json").is_file()
+    # how the heads got there is recorded, the same in the config and in the report
+    planted = getattr(grounder.model.config, "minilocal_planted_heads", None) or []
+    assert REPORT["planted_heads"] == [f"L{a}H{b}" for a, b in planted]
 
 
 def test_documented_heldout_figures_are_reproduced():
