@@ -215,9 +215,10 @@ def text_stage(model, processor, cfg: TrainConfig, progress: bool = True) -> lis
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         opt.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        value = float(loss.detach())
+        bar.set_postfix(loss=f"{value:.3f}")
         if step % 10 == 0 or step == cfg.text_steps - 1:
-            log.append({"step": step, "loss": round(float(loss), 5)})
+            log.append({"step": step, "loss": round(value, 5)})
     return log
 
 
