@@ -418,12 +418,22 @@ def encode_questions(
             lab += [-100] * len(q) + a
         seqs.append(ids)
         labs.append(lab)
+    return {**pad_sequences(seqs, labs, tok.pad_token_id), "pixel_values": pv}
+
+
+def pad_sequences(seqs: list[list[int]], labs: list[list[int]], pad_id: int) -> dict:
+    """Right-pad token sequences and their labels into a batch.
+
+    Returns:
+        input_ids [B, T] (``pad_id`` after each sequence), attention_mask [B, T] (1 on
+        tokens), labels [B, T] (-100 after each sequence).
+    """
     T = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), T), -100, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, (s, lab) in enumerate(zip(seqs, labs)):
         input_ids[i, : len(s)] = torch.tensor(s)
         labels[i, : len(s)] = torch.tensor(lab)
         mask[i, : len(s)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "pixel_values": pv}
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

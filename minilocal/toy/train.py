@@ -200,17 +200,8 @@ def text_stage(model, processor, cfg: TrainConfig, progress: bool = True) -> lis
                 lab += [-100] * len(q) + a
             seqs.append(ids)
             labs.append(lab)
-        T = max(map(len, seqs))
-        ids_t = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
-        lab_t = torch.full((len(seqs), T), -100, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.long)
-        for i, (a, b) in enumerate(zip(seqs, labs)):
-            ids_t[i, : len(a)] = torch.tensor(a)
-            lab_t[i, : len(b)] = torch.tensor(b)
-            mask[i, : len(a)] = 1
-        dev = cfg.device
-        loss = model(input_ids=ids_t.to(dev), attention_mask=mask.to(dev),
-                     labels=lab_t.to(dev)).loss
+        batch = lvlm.pad_sequences(seqs, labs, tok.pad_token_id)
+        loss = model(**{k: v.to(cfg.device) for k, v in batch.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip)
