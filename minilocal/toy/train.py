@@ -146,7 +146,9 @@ def make_batch(step: int, cfg: TrainConfig, processor, targets: bool = False):
         ]
         images.append(s.scene.image)
         questions.append(qa)
-        maps.append([pooled_mask(s.scene.masks[t], cfg.spec.grid) for t in s.targets[: len(qa)]])
+        if targets:
+            maps.append([pooled_mask(s.scene.masks[t], cfg.spec.grid)
+                         for t in s.targets[: len(qa)]])
     batch = lvlm.encode_questions(processor, images, questions, layout=cfg.spec.layout)
     batch = {k: v.to(cfg.device) for k, v in batch.items()}
     n = sum(len(q) for q in questions)
