@@ -116,10 +116,10 @@ def world_at(step: int, cfg: TrainConfig) -> W.WorldConfig:
 
 
 def pooled_mask(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """[S, S] bool mask -> [h * w] share of each grid cell covered, normalised to sum 1."""
-    h, w = grid
-    S = mask.shape[0]
-    cells = mask.reshape(h, S // h, w, S // w).mean((1, 3)).ravel()
+    """[H, W] bool mask -> [h * w] share of each grid cell covered, normalised to sum 1."""
+    from ..geometry import Geometry
+
+    cells = Geometry.resize(mask.shape[::-1], grid).image_mask_to_grid(mask).ravel()
     return cells / max(cells.sum(), 1e-12)
 
 
@@ -254,15 +254,21 @@ class Planter:
         queries = (~sup[:, :-1]) & sup[:, 1:]  # [B, T-1]: the "." before each answer
         image = ids[0] == self.image_token_id  # [T] (the same layout in every row)
         total, count = 0.0, 0
+        projected = {}  # layer -> rotated q, k of all its heads: once per layer
         for layer, head in self.heads:
-            hidden, (cos, sin) = self.saved[layer]
             attn = self.layers[layer].self_attn
-            B, T, _ = hidden.shape
-            d = attn.head_dim
+            if layer not in projected:
+                hidden, (cos, sin) = self.saved[layer]
+                B, T, _ = hidden.shape
+                q_all = attn.q_proj(hidden).view(B, T, -1, attn.head_dim)  # [B, T, H, d]
+                k_all = attn.k_proj(hidden).view(B, T, -1, attn.head_dim)  # [B, T, KV, d]
+                cs, sn = cos[:, :, None], sin[:, :, None]
+                projected[layer] = (q_all * cs + rotate_half(q_all) * sn,
+                                    k_all * cs + rotate_half(k_all) * sn)
+            q_all, k_all = projected[layer]
+            B, T = q_all.shape[:2]
             kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-            q = attn.q_proj(hidden).view(B, T, -1, d)[:, :, head]  # [B, T, d]
-            k = attn.k_proj(hidden).view(B, T, -1, d)[:, :, kv]
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            q, k = q_all[:, :, head], k_all[:, :, kv]  # [B, T, d]
             for b in range(B):
                 pos = torch.nonzero(queries[b]).flatten()  # [Q]
                 if len(pos) == 0:
