@@ -201,14 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if a notebook is stale")
     args = ap.parse_args(argv)
     paths = generate(args.root, check=args.check)
-    for p in paths:
-        print(f"{'stale' if args.check else 'wrote'}: {p}")
-    if args.check and paths:
-        print("run `python -m minilocal.colab` and commit the notebooks")
-        return 1
-    if not paths:
-        print("Colab cells up to date")
-    return 0
+    return exercises.report_generated(paths, args.check, "minilocal.colab", "Colab cells")
 
 
 if __name__ == "__main__":

@@ -263,14 +263,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if a generated copy is stale")
     args = ap.parse_args(argv)
     paths = generate(args.book, args.out, check=args.check)
-    verb = "stale" if args.check else "wrote"
+    return report_generated(paths, args.check, "minilocal.exercises", "exercise notebooks")
+
+
+def report_generated(paths, check: bool, module: str, what: str) -> int:
+    """Print what a notebook generator wrote (or, with ``check``, found stale).
+
+    Returns:
+        The exit status: 1 when ``check`` found stale files, else 0.
+    """
     for p in paths:
-        print(f"{verb}: {p}")
-    if args.check and paths:
-        print("run `python -m minilocal.exercises` and commit the notebooks")
+        print(f"{'stale' if check else 'wrote'}: {p}")
+    if check and paths:
+        print(f"run `python -m {module}` and commit the notebooks")
         return 1
     if not paths:
-        print("exercise notebooks up to date")
+        print(f"{what} up to date")
     return 0
 
 
