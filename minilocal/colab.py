@@ -14,7 +14,9 @@ module writes, found by their cell id:
 =================== ===========================================================================
 
 The published repository has one source of truth, :data:`minilocal.exercises.REPOSITORY`
-and :data:`minilocal.exercises.RELEASE_TAG` (the exercise notebooks use them too). Set it,
+and :data:`minilocal.exercises.RELEASE_TAG`. The exercise and solution notebooks
+(``python -m minilocal.exercises``) carry the same install cell and badge, from
+:func:`install_cell_source` and :func:`colab_url`. Set it,
 then rewrite the cells and commit the notebooks (a test fails when they are stale)::
 
     python -m minilocal.colab            # write

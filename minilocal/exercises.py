@@ -56,7 +56,9 @@ SOLUTION_METADATA = {
 HEADER_FIELDS = ("Difficulty", "Importance", "Time", "Learning objective")
 
 #: GitHub "owner/name" of the public repository, for the Colab badge and install line of
-#: the generated notebooks. None: not published yet, so no badge and no install line.
+#: the generated notebooks. None: not published yet, so no badge, and the install cell
+#: (:func:`minilocal.colab.install_cell_source`) reads the repository from the environment
+#: variable ``MINILOCAL_REPO``.
 REPOSITORY: str | None = None
 #: The release tag the Colab install line pins.
 RELEASE_TAG = f"v{__version__}"
@@ -145,6 +147,8 @@ def _clean(cell):
 def _header_cells(nb, stem: str, kind: str):
     import nbformat
 
+    from . import colab  # colab imports this module: import here
+
     title = chapter_title(nb)
     other = "solutions" if kind == "exercises" else "exercises"
     if kind == "exercises":
@@ -161,17 +165,12 @@ def _header_cells(nb, stem: str, kind: str):
         f"The {other} are in `notebooks/{other}/{stem}.ipynb`. This notebook is generated from "
         "the chapter by `python -m minilocal.exercises`: edit the chapter, not this file.",
     ]
-    cells = []
-    if REPOSITORY:
-        url = (f"https://colab.research.google.com/github/{REPOSITORY}/blob/{RELEASE_TAG}/"
-               f"notebooks/{kind}/{stem}.ipynb")
-        lines += ["", f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"]
-    cells.append(nbformat.v4.new_markdown_cell("\n".join(lines), id=f"{kind}-header"))
-    if REPOSITORY:
-        src = ('import sys\nif "google.colab" in sys.modules:  # Colab: install minilocal once\n'
-               f'    %pip install -q "minilocal @ git+https://github.com/{REPOSITORY}@{RELEASE_TAG}"')
-        cells.append(nbformat.v4.new_code_cell(src, id=f"{kind}-install"))
-    return cells
+    url = colab.colab_url(f"notebooks/{kind}/{stem}.ipynb")
+    if url:
+        lines += ["", f"[![Open In Colab]({colab.BADGE})]({url})"]
+    # The same guarded install cell as the Colab notebooks (one source: minilocal.colab).
+    return [nbformat.v4.new_markdown_cell("\n".join(lines), id=f"{kind}-header"),
+            nbformat.v4.new_code_cell(colab.install_cell_source(), id=f"{kind}-install")]
 
 
 def split_notebook(nb, stem: str) -> dict[str, object]:

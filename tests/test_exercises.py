@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minilocal import checks, exercises
+from minilocal import checks, colab, exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -288,15 +288,17 @@ def test_split_notebook():
     parts = exercises.split_notebook(chapter, "09_chapter")
     ex, sol = parts["exercises"], parts["solutions"]
     tags = lambda nb: [_tag(c) for c in nb.cells]  # noqa: E731
-    assert tags(ex) == [None, "ex-setup", "ex-text", "ex-stub", "ex-check"]
-    assert tags(sol) == [None, "ex-setup", "ex-text", "ex-solution", "ex-check"]
+    assert tags(ex) == [None, None, "ex-setup", "ex-text", "ex-stub", "ex-check"]
+    assert tags(sol) == [None, None, "ex-setup", "ex-text", "ex-solution", "ex-check"]
     assert ex.cells[0].source.startswith("# Exercises: 9. A chapter")
     assert sol.cells[0].source.startswith("# Solutions: 9. A chapter")
     assert "book/09_chapter.ipynb" in ex.cells[0].source
-    s = sol.cells[3]
+    s = sol.cells[4]
     assert s.outputs == [] and "mystnb" not in s.metadata
     assert s.metadata["tags"] == ["ex-solution"]  # book-only tags dropped
-    assert "google.colab" not in nbformat.writes(ex)  # no repository configured: no install
+    # the Colab notebooks' guarded install cell, from one source (minilocal.colab)
+    assert ex.cells[1].source == sol.cells[1].source == colab.install_cell_source()
+    assert "colab-badge.svg" not in nbformat.writes(ex)  # no repository configured: no badge
 
 
 def test_generate_writes_checks_and_prunes(tmp_path, monkeypatch):
