@@ -21,6 +21,16 @@ Flags:
   text0    stage 0 first (1500 text-only steps: the gather, train.text_stage)
   curr=N   curriculum of N steps (train.world_at: single objects first, so that "where"
            (copying the cell words of the one object) is learnt before "which")
+  mask=N   DILUTION curriculum of N steps: at step s < N, each background image cell is
+           hidden from attention (attention_mask 0) with probability 1 - s / N, so that
+           the lookup starts among the 2-4 objects' cells (~1/3 of the attention on the
+           referent at uniform attention, instead of ~1/30) and the background returns
+           gradually; the probe always sees every cell
+  plant    PLANT heads L1H3 and L2H5 (train.Planter): a check of the set-up, since a
+           planted lookup on clean tokens should make the answers rise
+  raw      raw sums of embeddings, NOT rescaled to TOKEN_RMS (runs synA-synC)
+  real     real image tokens (vision tower + projector), not synthetic ones: to test
+           the mask curriculum on the model that would ship
   out      save the model to OUT
 Model: 4 layers x 8 heads, batch 16, 4 questions per image, 1 thread. The probe (24
 selection items) sees synthetic tokens too.
@@ -33,6 +43,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from minilocal.geometry import Geometry
 from minilocal.toy import lvlm, train
 from minilocal.toy import world as W
 
@@ -45,8 +56,13 @@ spec = replace(lvlm.ModelSpec(), layers=4, patch_init_std=0.2, image_size=image_
 curriculum = [int(f.split("=")[1]) for f in flags if f.startswith("curr=")]
 cfg = train.TrainConfig(spec=spec, world=world, steps=steps, threads=1, probe_items=24,
                         text_steps=1500 if "text0" in flags else 0,
-                        curriculum=curriculum[0] if curriculum else 0)
+                        curriculum=curriculum[0] if curriculum else 0,
+                        plant=((1, 3), (2, 5)) if "plant" in flags else ())
 GRID = spec.grid
+#: RMS per dimension of each synthetic token: the shipped S1's projector output measures
+#: 0.67 (its word embeddings 0.06, so raw sums of embeddings are ~5x weaker than real
+#: image tokens).
+TOKEN_RMS = 0.7
 
 
 def _key(pixels: torch.Tensor) -> str:
@@ -56,7 +72,10 @@ def _key(pixels: torch.Tensor) -> str:
 def cell_ids(scene, tok) -> torch.Tensor:
     """[h*w, 5] token ids of each cell's synthetic token (-1 where a slot is unused)."""
     h, w = GRID
-    cover = np.stack([train.pooled_mask(m, GRID).reshape(h, w) for m in scene.masks])
+    # share of each cell covered by each object (train.pooled_mask normalises to sum 1:
+    # runs synA-synE used it with this 0.3 threshold, so they had NO object cells)
+    cover = np.stack([Geometry.resize(m.shape[::-1], GRID).image_mask_to_grid(m)
+                      for m in scene.masks])
     owner = np.where(cover.max(0) >= 0.3, cover.argmax(0), -1)
     conv = tok.convert_tokens_to_ids
     ids = torch.full((h * w, 5), -1, dtype=torch.long)
@@ -81,6 +100,9 @@ def register(pixel_values: torch.Tensor, scenes, tok) -> None:
 _orig_make_batch = train.make_batch
 
 
+MASK_STEPS = [int(f.split("=")[1]) for f in flags if f.startswith("mask=")]
+
+
 def make_batch(step, cfg, processor, targets=False):
     made = _orig_make_batch(step, cfg, processor, targets)
     w = train.world_at(step, cfg)
@@ -88,6 +110,17 @@ def make_batch(step, cfg, processor, targets=False):
                               questions=cfg.questions).scene for b in range(cfg.batch)]
     REGISTRY.clear()
     register(made[0]["pixel_values"], scenes, processor.tokenizer)
+    if MASK_STEPS and step < MASK_STEPS[0]:
+        hide = 1 - step / MASK_STEPS[0]
+        rng = np.random.default_rng([5, step])
+        batch = made[0]
+        image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+        h, w_ = GRID
+        for b, scene in enumerate(scenes):
+            cover = np.stack([train.pooled_mask(m, GRID) for m in scene.masks]).max(0)
+            drop = (cover.reshape(-1) == 0) & (rng.random(h * w_) < hide)
+            pos = (batch["input_ids"][b] == image_id).nonzero().squeeze(-1)
+            batch["attention_mask"][b, pos[torch.from_numpy(drop)]] = 0
     return made
 
 
@@ -111,7 +144,10 @@ def install(model, processor) -> None:
                 raise KeyError("image not registered (synthetic tokens unknown)")
             ids = REGISTRY[key]
             e = emb(ids.clamp(min=0)) * (ids >= 0).unsqueeze(-1)
-            feats.append(e.sum(1))
+            e = e.sum(1)
+            if "raw" not in flags:  # the scale of the trained projector's output
+                e = e / e.pow(2).mean(-1, keepdim=True).sqrt() * TOKEN_RMS
+            feats.append(e)
         return torch.stack(feats).to(output.dtype)
 
     model.model.vision_tower.register_forward_pre_hook(pre, with_kwargs=True)
@@ -139,6 +175,8 @@ build = lvlm.build_model
 
 def build_synth(spec, processor, seed=0):
     model = build(spec, processor, seed=seed)
+    if "real" in flags:
+        return model
     install(model, processor)
     REGISTRY.clear()
     return model
@@ -148,6 +186,9 @@ lvlm.build_model = build_synth
 report = train.train(cfg, out if "out" in flags else None)
 for p in report["probes"]:
     print(p["step"], p["box_share"], p["answer"], p["in_box_top"][:3])
+    if cfg.plant:
+        print("   planted:", {f"L{a}H{b}": (p["in_box"][a][b], p["pointing"][a][b])
+                              for a, b in cfg.plant})
 print("final loss (mean of last 10 logged):",
       round(float(np.mean([r["loss"] for r in report["log"][-10:]])), 3),
       "token acc:", round(float(np.mean([r["token_acc"] for r in report["log"][-10:]])), 3))
