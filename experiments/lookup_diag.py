@@ -37,16 +37,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from diag_common import parse, print_report  # experiments/diag_common.py
 
 from minilocal.toy import lvlm, train
 from minilocal.toy import world as W
 
-out, image_size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-flags = set(sys.argv[4:])
-world = W.WorldConfig()
-if "easy" in flags:
-    world = replace(world, relational=0.0, distractor=0.0, twin=0.0)
-spec = replace(lvlm.ModelSpec(), layers=4, patch_init_std=0.2, image_size=image_size)
+out, image_size, steps, flags, world, spec = parse(sys.argv[1:])
 if "heads4" in flags:
     spec = replace(spec, heads=4, kv_heads=4)
 if "rope1e6" in flags:
@@ -172,11 +168,4 @@ def build_diag(spec, processor, seed=0):
 
 lvlm.build_model = build_diag
 report = train.train(cfg, out if "out" in flags else None)
-for p in report["probes"]:
-    print(p["step"], p["box_share"], p["in_box_top"][:3])
-    if cfg.plant:
-        print("   planted:", {f"L{a}H{b}": (p["in_box"][a][b], p["pointing"][a][b])
-                              for a, b in cfg.plant})
-print("final loss (mean of last 10 logged):",
-      round(float(np.mean([r["loss"] for r in report["log"][-10:]])), 3),
-      "token acc:", round(float(np.mean([r["token_acc"] for r in report["log"][-10:]])), 3))
+print_report(report, cfg.plant)

@@ -1,0 +1,40 @@
+"""Shared by the diagnostic scripts lookup_diag.py and synth_lookup.py (LOG sections 9-11).
+
+Both take ``OUT IMAGE_SIZE STEPS [FLAGS...]``, train the 4-layer model with patch-init
+std 0.2, and print the probes at the end.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+
+from minilocal.toy import lvlm
+from minilocal.toy import world as W
+
+
+def parse(argv: list[str]):
+    """(out, image_size, steps, flags, world, spec) from ``OUT IMAGE_SIZE STEPS FLAGS...``.
+
+    The flag ``easy`` gives the easy world (no relations, distractors or twins).
+    """
+    if len(argv) < 3:
+        raise SystemExit("usage: OUT IMAGE_SIZE STEPS [FLAGS...] (see the script's docstring)")
+    out, image_size, steps = argv[0], int(argv[1]), int(argv[2])
+    flags = set(argv[3:])
+    world = W.WorldConfig()
+    if "easy" in flags:
+        world = replace(world, relational=0.0, distractor=0.0, twin=0.0)
+    spec = replace(lvlm.ModelSpec(), layers=4, patch_init_std=0.2, image_size=image_size)
+    return out, image_size, steps, flags, world, spec
+
+
+def print_report(report: dict, plant) -> None:
+    """Each probe (best heads, answers, planted heads) and the final loss / token accuracy."""
+    for p in report["probes"]:
+        print(p["step"], p["box_share"], p["answer"], p["in_box_top"][:3])
+        if plant:
+            print("   planted:", {f"L{a}H{b}": (p["in_box"][a][b], p["pointing"][a][b])
+                                  for a, b in plant})
+    print("final loss (mean of last 10 logged):",
+          round(float(np.mean([r["loss"] for r in report["log"][-10:]])), 3),
+          "token acc:", round(float(np.mean([r["token_acc"] for r in report["log"][-10:]])), 3))
