@@ -16,11 +16,12 @@ module writes, found by their cell id:
 The published repository has one source of truth, :data:`minilocal.exercises.REPOSITORY`
 and :data:`minilocal.exercises.RELEASE_TAG`. The exercise and solution notebooks
 (``python -m minilocal.exercises``) carry the same install cell and badge, from
-:func:`install_cell_source` and :func:`colab_url`. Set it,
-then rewrite the cells and commit the notebooks (a test fails when they are stale)::
+:func:`install_cell_source` and :func:`colab_url`. Once ``REPOSITORY`` is set, rewrite
+both kinds of notebook and commit them (a test fails when they are stale)::
 
     python -m minilocal.colab            # write
     python -m minilocal.colab --check    # exit 1 if a notebook's Colab cells are stale
+    python -m minilocal.exercises        # the exercise and solution notebooks
 
 A notebook names its book chapter in its metadata: ``{"minilocal": {"chapter":
 "book/01_attention.ipynb"}}``.
