@@ -57,7 +57,9 @@ if "attr" in flags:
     W.VOCABULARY = W.VOCABULARY + ("what", "colour", "size")  # read by build_tokenizer
     lvlm.QUESTION = "what"  # encode_questions writes f"{QUESTION} {expr} ."
 
-    def make_batch(step, cfg, processor):
+    def make_batch(step, cfg, processor, targets=False):
+        if targets:
+            raise SystemExit("attr does not combine with plant (no referent maps for planting)")
         rng = np.random.default_rng([7, step])
         images, questions = [], []
         w = train.world_at(step, cfg)
