@@ -28,7 +28,6 @@ Flags:
            gradually; the probe always sees every cell
   plant    PLANT heads L1H3 and L2H5 (train.Planter): a check of the set-up, since a
            planted lookup on clean tokens should make the answers rise
-  raw      raw sums of embeddings, NOT rescaled to TOKEN_RMS (runs synA-synC)
   real     real image tokens (vision tower + projector), not synthetic ones: to test
            the mask curriculum on the model that would ship
   out      save the model to OUT
@@ -64,13 +63,17 @@ def _key(pixels: torch.Tensor) -> str:
     return hashlib.sha1(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def cell_cover(scene) -> np.ndarray:
+    """[n, h, w] share of each grid cell covered by each object (not train.pooled_mask,
+    which normalises each map to sum 1: thresholded at 0.3, it gave NO object cells)."""
+    return np.stack([Geometry.resize(m.shape[::-1], GRID).image_mask_to_grid(m)
+                     for m in scene.masks])
+
+
 def cell_ids(scene, tok) -> torch.Tensor:
     """[h*w, 5] token ids of each cell's synthetic token (-1 where a slot is unused)."""
     h, w = GRID
-    # share of each cell covered by each object (train.pooled_mask normalises to sum 1:
-    # runs synA-synE used it with this 0.3 threshold, so they had NO object cells)
-    cover = np.stack([Geometry.resize(m.shape[::-1], GRID).image_mask_to_grid(m)
-                      for m in scene.masks])
+    cover = cell_cover(scene)
     owner = np.where(cover.max(0) >= 0.3, cover.argmax(0), -1)
     conv = tok.convert_tokens_to_ids
     ids = torch.full((h * w, 5), -1, dtype=torch.long)
@@ -103,8 +106,9 @@ def make_batch(step, cfg, processor, targets=False):
     w = train.world_at(step, cfg)
     scenes = [W.shapes_sample("train", cfg.start_index + step * cfg.batch + b, w,
                               questions=cfg.questions).scene for b in range(cfg.batch)]
-    REGISTRY.clear()
-    register(made[0]["pixel_values"], scenes, processor.tokenizer)
+    if "real" not in flags:
+        REGISTRY.clear()
+        register(made[0]["pixel_values"], scenes, processor.tokenizer)
     if MASK_STEPS and step < MASK_STEPS[0]:
         hide = 1 - step / MASK_STEPS[0]
         rng = np.random.default_rng([5, step])
@@ -112,8 +116,7 @@ def make_batch(step, cfg, processor, targets=False):
         image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
         h, w_ = GRID
         for b, scene in enumerate(scenes):
-            cover = np.stack([train.pooled_mask(m, GRID) for m in scene.masks]).max(0)
-            drop = (cover.reshape(-1) == 0) & (rng.random(h * w_) < hide)
+            drop = (cell_cover(scene).max(0).reshape(-1) == 0) & (rng.random(h * w_) < hide)
             pos = (batch["input_ids"][b] == image_id).nonzero().squeeze(-1)
             batch["attention_mask"][b, pos[torch.from_numpy(drop)]] = 0
     return made
@@ -139,10 +142,8 @@ def install(model, processor) -> None:
                 raise KeyError("image not registered (synthetic tokens unknown)")
             ids = REGISTRY[key]
             e = emb(ids.clamp(min=0)) * (ids >= 0).unsqueeze(-1)
-            e = e.sum(1)
-            if "raw" not in flags:  # the scale of the trained projector's output
-                e = e / e.pow(2).mean(-1, keepdim=True).sqrt() * TOKEN_RMS
-            feats.append(e)
+            e = e.sum(1)  # rescaled to the RMS of the trained projector's output
+            feats.append(e / e.pow(2).mean(-1, keepdim=True).sqrt() * TOKEN_RMS)
         return torch.stack(feats).to(output.dtype)
 
     model.model.vision_tower.register_forward_pre_hook(pre, with_kwargs=True)
