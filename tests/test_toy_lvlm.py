@@ -143,17 +143,22 @@ def test_command_line_sets_the_init_options():
     assert default.spec == lvlm.ModelSpec()  # the shipped model's sizes and init
 
 
-def test_planter_recomputes_the_heads_real_attention_rows():
-    """The planting loss reads the same attention the model attends with (eager), and
-    its gradient reaches the planted layer's query and key projections."""
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_planter_recomputes_the_heads_real_attention_rows(dropout):
+    """The planting loss reads the same attention the model attends with (eager), also
+    with background cells hidden, and its gradient reaches the planted layer's query and
+    key projections."""
     spec = lvlm.ModelSpec(image_size=32, patch_size=4, vision_hidden=16, layers=2, heads=2,
                           kv_heads=2, hidden=32, intermediate=64)
     processor = lvlm.build_processor(spec)
     model = lvlm.build_model(spec, processor, seed=0)
     model.set_attn_implementation("eager")
     world = W.WorldConfig(image_size=32)
-    cfg = train.TrainConfig(spec=spec, world=world, batch=2, questions=2)
+    cfg = train.TrainConfig(spec=spec, world=world, batch=2, questions=2,
+                            background_dropout=dropout)
     batch, _, maps = train.make_batch(0, cfg, processor, targets=True)
+    hidden = (batch["attention_mask"] == 0) & (batch["input_ids"] == model.config.image_token_id)
+    assert bool(hidden.any()) == (dropout > 0)
     planter = train.Planter(model, ((1, 1),), model.config.image_token_id)
     out = model(**batch, output_attentions=True)
     rows = out.attentions[1][:, 1]  # [B, T, T]: layer 1, head 1
@@ -166,10 +171,11 @@ def test_planter_recomputes_the_heads_real_attention_rows():
         assert len(pos) == len(maps[b]) >= 1
         target = torch.as_tensor(np.stack(maps[b]), dtype=torch.float32)
         assert torch.allclose(target.sum(-1), torch.ones(len(pos)))
-        want = want - (target * torch.log(rows[b, pos][:, image])).sum()
+        logp = torch.log(rows[b, pos][:, image])  # -inf on hidden cells, where target = 0
+        want = want - torch.where(target > 0, target * logp, 0.0).sum()
     want = want / sum(len(m) for m in maps)
     got = planter.loss(batch, maps)
-    assert torch.allclose(got, want, rtol=1e-4)
+    assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-4)
     got.backward()
     layer = model.model.language_model.layers[1].self_attn
     assert layer.q_proj.weight.grad.abs().sum() > 0 and layer.k_proj.weight.grad.abs().sum() > 0
@@ -195,6 +201,45 @@ def test_training_with_planted_heads_marks_the_model(tmp_path):
         train.train(train.TrainConfig(spec=TINY, steps=1, plant=((5, 0),)), None, progress=False)
     cli, _ = train._parse(["--plant", "L3H2,L5H6", "--plant-weight", "0.5"])
     assert cli.plant == ((3, 2), (5, 6)) and cli.plant_weight == 0.5
+
+
+def test_background_dropout_hides_only_background_image_cells(tmp_path):
+    world = W.WorldConfig(image_size=32)
+    processor = lvlm.build_processor(TINY)
+    image_token = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    cfg = train.TrainConfig(spec=TINY, world=world, batch=4, questions=2,
+                            background_dropout=0.6)
+    batch, _ = train.make_batch(3, cfg, processor)
+    again, _ = train.make_batch(3, cfg, processor)
+    assert torch.equal(batch["attention_mask"], again["attention_mask"])  # part of the seed
+    plain, _ = train.make_batch(3, replace(cfg, background_dropout=0.0), processor)
+    assert torch.equal(batch["input_ids"], plain["input_ids"])
+    n_hidden = n_background = 0
+    for b in range(cfg.batch):
+        s = W.shapes_sample("train", 3 * cfg.batch + b, world, questions=cfg.questions)
+        background = train.background_cells(s.scene.masks, TINY.grid)
+        # a background cell holds no object pixel; every object pixel is in a kept cell
+        h, w = TINY.grid
+        side = world.image_size // h
+        union = s.scene.masks.any(0)
+        cells = union.reshape(h, side, w, side).any((1, 3)).ravel()
+        assert not (background & cells).any() and (background | cells).all()
+        pos = torch.nonzero(batch["input_ids"][b] == image_token).flatten()
+        hidden = (batch["attention_mask"][b, pos] == 0).numpy()
+        assert not (hidden & ~background).any()  # objects are never hidden
+        text = batch["input_ids"][b] != image_token
+        assert torch.equal(batch["attention_mask"][b][text], plain["attention_mask"][b][text])
+        n_hidden += hidden.sum()
+        n_background += background.sum()
+    assert 0.4 < n_hidden / n_background < 0.8  # about the share asked for
+    report = train.train(replace(cfg, steps=1, batch=2, warmup=1, probe_every=0,
+                                 probe_items=1), tmp_path, progress=False)
+    assert np.isfinite(report["log"][0]["loss"])
+    assert report["config"]["background_dropout"] == 0.6
+    with pytest.raises(ValueError, match="--background-dropout"):
+        train.train(replace(cfg, background_dropout=1.0), None, progress=False)
+    cli, _ = train._parse(["--background-dropout", "0.5"])
+    assert cli.background_dropout == 0.5 and train._parse([])[0].background_dropout == 0
 
 
 def test_text_stage_trains_the_decoder_only_and_is_recorded():

@@ -73,6 +73,11 @@ class TrainConfig:
             model whose last token already sums up the sentence; this stage gives the
             shapes decoder that ability (see ``experiments/LOG.md`` section 9).
         text_batch: Sequences per stage-0 step.
+        background_dropout: Share of each image's BACKGROUND cells (grid cells no object
+            touches) hidden from the decoder's attention at each image step, drawn afresh
+            per image and step (0: none; inference never hides anything). An idle head
+            cannot then rely on a fixed background patch as its parking spot, the way
+            LLaVA's idle heads rely on text tokens (see ``experiments/LOG.md`` section 12).
     """
 
     spec: lvlm.ModelSpec = field(default_factory=lvlm.ModelSpec)
@@ -97,6 +102,7 @@ class TrainConfig:
     plant_weight: float = 1.0
     text_steps: int = 0
     text_batch: int = 64
+    background_dropout: float = 0.0
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -123,8 +129,41 @@ def pooled_mask(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return cells / max(cells.sum(), 1e-12)
 
 
+def background_cells(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """[n, H, W] bool object masks -> [h * w] bool: grid cells that no object touches."""
+    from ..geometry import Geometry
+
+    union = masks.any(0)
+    cover = Geometry.resize(union.shape[::-1], grid).image_mask_to_grid(union).ravel()
+    return cover <= 0
+
+
+def hide_background(batch: dict, backgrounds: list[np.ndarray], share: float,
+                    image_token_id: int, rng: np.random.Generator) -> None:
+    """Zero ``attention_mask`` on a random ``share`` of each row's background image cells.
+
+    Args:
+        batch: Encoded batch (image tokens in grid order, one image per row); changed in place.
+        backgrounds: Per row, [h * w] bool background cells (:func:`background_cells`).
+        share: Probability that a background cell is hidden.
+        image_token_id: The model's image token.
+        rng: Random generator (the draw is part of the run's seed).
+    """
+    if share <= 0:
+        return
+    for b, bg in enumerate(backgrounds):
+        pos = torch.nonzero(batch["input_ids"][b] == image_token_id).flatten()
+        if len(pos) != len(bg):
+            raise ValueError(f"row {b}: {len(pos)} image tokens for a grid of {len(bg)} cells")
+        hide = bg & (rng.random(len(bg)) < share)
+        batch["attention_mask"][b, pos[torch.from_numpy(hide)]] = 0
+
+
 def make_batch(step: int, cfg: TrainConfig, processor, targets: bool = False):
     """The batch of step ``step``: train items ``start + step * batch ...`` of the world.
+
+    With ``cfg.background_dropout``, some background cells of each image are hidden from
+    attention (:func:`hide_background`, drawn from the seed, the step and the item).
 
     Args:
         targets: Also return, per image and question, the referent's mask pooled to the
@@ -134,7 +173,7 @@ def make_batch(step: int, cfg: TrainConfig, processor, targets: bool = False):
         (model inputs with labels, number of answers in the batch), plus the targets when
         asked.
     """
-    images, questions, maps = [], [], []
+    images, questions, maps, backgrounds = [], [], [], []
     world = world_at(step, cfg)
     for b in range(cfg.batch):
         index = cfg.start_index + step * cfg.batch + b
@@ -149,7 +188,13 @@ def make_batch(step: int, cfg: TrainConfig, processor, targets: bool = False):
         if targets:
             maps.append([pooled_mask(s.scene.masks[t], cfg.spec.grid)
                          for t in s.targets[: len(qa)]])
+        if cfg.background_dropout > 0:
+            backgrounds.append(background_cells(s.scene.masks, cfg.spec.grid))
     batch = lvlm.encode_questions(processor, images, questions, layout=cfg.spec.layout)
+    if cfg.background_dropout > 0:
+        rng = np.random.default_rng([cfg.seed, cfg.start_index + step * cfg.batch])
+        image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+        hide_background(batch, backgrounds, cfg.background_dropout, image_token_id, rng)
     batch = {k: v.to(cfg.device) for k, v in batch.items()}
     n = sum(len(q) for q in questions)
     return (batch, n, maps) if targets else (batch, n)
@@ -275,11 +320,13 @@ class Planter:
                     continue
                 logits = q[b, pos] @ k[b].T * attn.scaling  # [Q, T]
                 keys = torch.arange(T, device=logits.device)
-                logits = logits.masked_fill(keys[None, :] > pos[:, None], float("-inf"))
+                hidden_keys = (keys[None, :] > pos[:, None]) | (batch["attention_mask"][b] == 0)[None, :]
+                logits = logits.masked_fill(hidden_keys, float("-inf"))
                 logp = torch.log_softmax(logits, -1)[:, image]  # [Q, n_image]
                 target = torch.as_tensor(np.stack(maps[b][: len(pos)]), dtype=logp.dtype,
                                          device=logp.device)
-                total = total - (target * logp).sum(-1).sum()
+                # hidden keys have logp = -inf and target 0: leave them out of the sum
+                total = total - (target * logp.masked_fill(target == 0, 0.0)).sum(-1).sum()
                 count += len(pos)
         self.saved.clear()
         return total / max(count, 1)
@@ -375,6 +422,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
 
     Book: ``book/06_your_model.ipynb``.
     """
+    if not 0 <= cfg.background_dropout < 1:
+        raise ValueError(f"--background-dropout {cfg.background_dropout}: pass a share in "
+                         "[0, 1) (0 hides nothing)")
     torch.set_num_threads(cfg.threads)
     processor = lvlm.build_processor(cfg.spec)
     model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed)
@@ -490,7 +540,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     for f in ("steps", "batch", "questions", "warmup", "seed", "threads", "probe_every",
               "probe_items", "start_index", "curriculum", "text_steps", "text_batch"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg, f))
-    for f in ("lr", "final_lr", "weight_decay", "clip"):
+    for f in ("lr", "final_lr", "weight_decay", "clip", "background_dropout"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(cfg, f))
     for f in ("layers", "heads", "kv_heads", "hidden", "intermediate", "vision_hidden",
               "image_size", "patch_size"):
@@ -521,7 +571,8 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
                                       "probe_every", "probe_items", "start_index", "curriculum",
                                       "text_steps", "text_batch", "lr",
-                                      "final_lr", "weight_decay", "clip")},
+                                      "final_lr", "weight_decay", "clip",
+                                      "background_dropout")},
     )
     return cfg, a.out
 
