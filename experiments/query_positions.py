@@ -19,7 +19,7 @@ import torch
 
 from minilocal import load_model
 from minilocal.attention import last_token_attention
-from minilocal.toy import lvlm
+from minilocal.toy import lvlm, train
 from minilocal.toy import world as W
 
 if len(sys.argv) < 2:
@@ -35,10 +35,7 @@ words = {o: [] for o in OFFSETS}
 for i in range(n):
     it = W.shapes_item("selection", i, world)
     prep = adapter.prepare(it.image, it.expr)
-    h, w = prep.grid
-    x0, y0, x1, y1 = prep.geometry.image_box_to_grid(it.box)
-    ys, xs = (np.arange(h) + 0.5)[:, None], (np.arange(w) + 0.5)[None, :]
-    inside = ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).reshape(-1)  # [h*w]
+    inside = train.cells_in_box(it.box, prep.geometry).reshape(-1)  # [h*w]
     ids = prep.inputs["input_ids"]
     for o in OFFSETS:
         end = ids.shape[1] - o

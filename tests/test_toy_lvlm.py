@@ -258,3 +258,15 @@ def test_text_stage_trains_the_decoder_only_and_is_recorded():
     assert report["config"]["text_steps"] == 3
     cli, _ = train._parse(["--text-steps", "7", "--text-batch", "5"])
     assert (cli.text_steps, cli.text_batch) == (7, 5)
+
+
+def test_cells_in_box_counts_cells_whose_centre_is_inside():
+    from minilocal.geometry import Geometry
+
+    geometry = Geometry.resize((96, 96), (24, 24))  # 4 px cells
+    inside = train.cells_in_box(np.array([8, 8, 24, 16]), geometry)
+    assert inside.shape == (24, 24)
+    rows, cols = np.nonzero(inside)
+    assert set(rows) == {2, 3} and set(cols) == {2, 3, 4, 5}  # centres 10..22 px, 10..14 px
+    # a box that covers less than half of a cell holds no cell centre
+    assert not train.cells_in_box(np.array([0, 0, 1.9, 1.9]), geometry).any()

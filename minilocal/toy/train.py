@@ -332,6 +332,17 @@ class Planter:
         return total / max(count, 1)
 
 
+def cells_in_box(box, geometry) -> np.ndarray:
+    """[h, w] bool: grid cells whose centre lies inside ``box`` (xyxy image pixels).
+
+    The cells the probe counts as "on the referent" (its in-box share and pointing).
+    """
+    x0, y0, x1, y1 = geometry.image_box_to_grid(box)
+    h, w = geometry.grid
+    ys, xs = (np.arange(h) + 0.5)[:, None], (np.arange(w) + 0.5)[None, :]
+    return (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+
+
 @torch.no_grad()
 def probe(model, processor, items) -> dict:
     """Localization of every head at the query position on fixed items.
@@ -356,9 +367,7 @@ def probe(model, processor, items) -> dict:
     for it in items:
         attn, prep = adapter.attention(it.image, it.expr)  # [L, H, h, w]
         L, H, h, w = attn.shape
-        x0, y0, x1, y1 = prep.geometry.image_box_to_grid(it.box)
-        ys, xs = (np.arange(h) + 0.5)[:, None], (np.arange(w) + 0.5)[None, :]
-        inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)  # [h, w] cell centres
+        inside = cells_in_box(it.box, prep.geometry)  # [h, w]
         mass = attn.sum((-1, -2))  # [L, H]
         in_box.append((attn * inside).sum((-1, -2)) / np.maximum(mass, 1e-12))
         flat = attn.reshape(L, H, -1).argmax(-1)  # [L, H]
