@@ -15,7 +15,10 @@ from minilocal.toy import world as W
 def parse(argv: list[str]):
     """(out, image_size, steps, flags, world, spec) from ``OUT IMAGE_SIZE STEPS FLAGS...``.
 
-    The flag ``easy`` gives the easy world (no relations, distractors or twins).
+    The flag ``easy`` gives the easy world (no relations, distractors or twins); ``crowd``
+    a crowded one (6-8 smaller objects, sides 0.13-0.16 and 0.19-0.22 of the image, no
+    relations or twins; distractors as by default), where a mixture of all objects says
+    little about the referent (LOG section 12).
     """
     if len(argv) < 3:
         raise SystemExit("usage: OUT IMAGE_SIZE STEPS [FLAGS...] (see the script's docstring)")
@@ -24,6 +27,9 @@ def parse(argv: list[str]):
     world = W.WorldConfig()
     if "easy" in flags:
         world = replace(world, relational=0.0, distractor=0.0, twin=0.0)
+    if "crowd" in flags:
+        world = replace(world, min_objects=6, max_objects=8, small=(0.13, 0.16),
+                        big=(0.19, 0.22), relational=0.0, twin=0.0)
     spec = replace(lvlm.ModelSpec(), layers=4, patch_init_std=0.2, image_size=image_size)
     return out, image_size, steps, flags, world, spec
 
