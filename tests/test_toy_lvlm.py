@@ -260,6 +260,22 @@ def test_text_stage_trains_the_decoder_only_and_is_recorded():
     assert (cli.text_steps, cli.text_batch) == (7, 5)
 
 
+def test_a_second_stage_starts_from_the_saved_model_and_records_the_first(tiny_dir, tmp_path):
+    first, first_report = tiny_dir
+    cfg = train.TrainConfig(spec=TINY, steps=1, batch=2, questions=2, warmup=1,
+                            probe_every=0, probe_items=1, init=str(first), start_index=6,
+                            lr=0.0, final_lr=0.0)
+    report = train.train(cfg, tmp_path, progress=False)
+    saved = json.loads((first / "training_report.json").read_text())
+    assert report["init_report"] == saved  # the chain of stages, in one file
+    assert json.loads((tmp_path / "training_report.json").read_text())["init_report"] == saved
+    # lr 0: the second stage's weights are the first stage's
+    for a, b in zip(report["model"].parameters(), first_report["model"].parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="differ"):
+        train.train(replace(cfg, spec=replace(TINY, layers=3)), None, progress=False)
+
+
 def test_cells_in_box_counts_cells_whose_centre_is_inside():
     from minilocal.geometry import Geometry
 

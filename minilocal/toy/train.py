@@ -427,7 +427,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         progress: Show a tqdm progress bar.
 
     Returns:
-        The training report (config, loss curve, probes, time, threads, versions).
+        The training report (config, loss curve, probes, time, threads, versions; with
+        ``cfg.init``, the report of the model it starts from as ``init_report``, so that a
+        chain of stages is recorded in one file).
 
     Book: ``book/06_your_model.ipynb``.
     """
@@ -474,6 +476,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         "log": [],
         "probes": [],
     }
+    if cfg.init is not None and (Path(cfg.init) / "training_report.json").is_file():
+        # the stage this run continues, with its own earlier stages: the whole chain
+        report["init_report"] = json.loads((Path(cfg.init) / "training_report.json").read_text())
     t0 = time.time()
     bar = tqdm(range(cfg.steps), disable=not progress, desc="train", dynamic_ncols=True)
     run_loss = run_acc = None
