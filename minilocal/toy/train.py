@@ -75,9 +75,10 @@ class TrainConfig:
         text_batch: Sequences per stage-0 step.
         background_dropout: Share of each image's BACKGROUND cells (grid cells no object
             touches) hidden from the decoder's attention at each image step, drawn afresh
-            per image and step (0: none; inference never hides anything). An idle head
-            cannot then rely on a fixed background patch as its parking spot, the way
-            LLaVA's idle heads rely on text tokens (see ``experiments/LOG.md`` section 12).
+            per image and step (0: none; inference never hides anything). Meant to keep
+            idle heads from parking on a fixed background patch (LLaVA's park on text
+            tokens); measured, it did not move them (``experiments/LOG.md`` section 12).
+            The shipped model's last three stages used 0.5.
     """
 
     spec: lvlm.ModelSpec = field(default_factory=lvlm.ModelSpec)
