@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from minilocal.adapters import get_adapter
-from minilocal.grounding import combine_heads, ground, pseudo_mask
+from minilocal.grounding import ground
 from minilocal.selection import parse_head
 from minilocal.toy import evaluate, lvlm
 from minilocal.toy import world as W
@@ -48,8 +48,7 @@ for i, it in enumerate(items):
     h, w = geometry.grid
     ys, xs = (np.arange(h) + 0.5)[:, None], (np.arange(w) + 0.5)[None, :]
     near = (xs >= x0 - 1.5) & (xs <= x1 + 1.5) & (ys >= y0 - 1.5) & (ys <= y1 + 1.5)
-    fg = pseudo_mask(combine_heads(attn[i], heads, 1.0))
-    far.append(bool((fg & ~near).any()))
+    far.append(bool((g.pseudo_mask & ~near).any()))
     first = attn[i][heads[0][0], heads[0][1]]
     far_mass.append(float(first[~near].sum() / max(first.sum(), 1e-12)))
 ious, ratio, far = np.array(ious), np.array(ratio), np.array(far)
