@@ -18,8 +18,9 @@ import torch
 
 from minilocal.adapters import get_adapter
 from minilocal.grounding import ground
+from minilocal.metrics import box_iou
 from minilocal.selection import parse_head
-from minilocal.toy import evaluate, lvlm
+from minilocal.toy import evaluate, lvlm, train
 from minilocal.toy import world as W
 
 if len(sys.argv) < 3:
@@ -41,13 +42,9 @@ ious, ratio, far, far_mass = [], [], [], []
 for i, it in enumerate(items):
     geometry = preps[i].geometry
     g = ground(attn[i], heads, geometry)
-    iou = float(evaluate._ious([g.box], [it.box])[0]) if g.box is not None else 0.0
-    ious.append(iou)
+    ious.append(float(box_iou(g.box, it.box)))
     ratio.append(area(g.box) / area(it.box) if g.box is not None else 0.0)
-    x0, y0, x1, y1 = geometry.image_box_to_grid(it.box)
-    h, w = geometry.grid
-    ys, xs = (np.arange(h) + 0.5)[:, None], (np.arange(w) + 0.5)[None, :]
-    near = (xs >= x0 - 1.5) & (xs <= x1 + 1.5) & (ys >= y0 - 1.5) & (ys <= y1 + 1.5)
+    near = train.cells_in_box(it.box, geometry, margin=1.5)
     far.append(bool((g.pseudo_mask & ~near).any()))
     first = attn[i][heads[0][0], heads[0][1]]
     far_mass.append(float(first[~near].sum() / max(first.sum(), 1e-12)))

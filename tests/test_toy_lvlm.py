@@ -286,3 +286,7 @@ def test_cells_in_box_counts_cells_whose_centre_is_inside():
     assert set(rows) == {2, 3} and set(cols) == {2, 3, 4, 5}  # centres 10..22 px, 10..14 px
     # a box that covers less than half of a cell holds no cell centre
     assert not train.cells_in_box(np.array([0, 0, 1.9, 1.9]), geometry).any()
+    # a margin of one cell adds a ring of cells around the box
+    wide = train.cells_in_box(np.array([8, 8, 24, 16]), geometry, margin=1)
+    rows, cols = np.nonzero(wide)
+    assert set(rows) == {1, 2, 3, 4} and set(cols) == {1, 2, 3, 4, 5, 6}

@@ -132,11 +132,7 @@ def pooled_mask(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def background_cells(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """[n, H, W] bool object masks -> [h * w] bool: grid cells that no object touches."""
-    from ..geometry import Geometry
-
-    union = masks.any(0)
-    cover = Geometry.resize(union.shape[::-1], grid).image_mask_to_grid(union).ravel()
-    return cover <= 0
+    return pooled_mask(masks.any(0), grid) <= 0
 
 
 def hide_background(batch: dict, backgrounds: list[np.ndarray], share: float,
@@ -333,15 +329,21 @@ class Planter:
         return total / max(count, 1)
 
 
-def cells_in_box(box, geometry) -> np.ndarray:
+def cells_in_box(box, geometry, margin: float = 0.0) -> np.ndarray:
     """[h, w] bool: grid cells whose centre lies inside ``box`` (xyxy image pixels).
 
     The cells the probe counts as "on the referent" (its in-box share and pointing).
+
+    Args:
+        box: xyxy box in image pixels.
+        geometry: The image's grid geometry.
+        margin: Widen the box by this many grid cells on every side first.
     """
     x0, y0, x1, y1 = geometry.image_box_to_grid(box)
     h, w = geometry.grid
     ys, xs = (np.arange(h) + 0.5)[:, None], (np.arange(w) + 0.5)[None, :]
-    return (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    return ((xs >= x0 - margin) & (xs <= x1 + margin)
+            & (ys >= y0 - margin) & (ys <= y1 + margin))
 
 
 @torch.no_grad()
