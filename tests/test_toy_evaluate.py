@@ -118,7 +118,7 @@ def test_curriculum_starts_with_single_objects():
     processor = lvlm.build_processor(TINY)
     _, n_answers = train.make_batch(0, replace(cfg, spec=TINY, batch=3), processor)
     assert n_answers == 3  # one object per image: one question each
-    parsed, _ = train._parse(["--curriculum", "40", "--no-texture", "--layout", "question_first"])
+    parsed, *_ = train._parse(["--curriculum", "40", "--no-texture", "--layout", "question_first"])
     assert parsed.curriculum == 40 and not parsed.world.texture
     assert parsed.spec.layout == "question_first"
 

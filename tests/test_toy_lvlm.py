@@ -134,12 +134,12 @@ def test_patch_init_std_and_positions_options():
 
 
 def test_command_line_sets_the_init_options():
-    cfg, out = train._parse(["--out", "somewhere", "--patch-init-std", "0.2", "--rope-theta",
-                             "1e6", "--positions", "place", "--layers", "4"])
+    cfg, out, _ = train._parse(["--out", "somewhere", "--patch-init-std", "0.2", "--rope-theta",
+                                "1e6", "--positions", "place", "--layers", "4"])
     assert out == "somewhere"
     assert (cfg.spec.patch_init_std, cfg.spec.rope_theta, cfg.spec.positions,
             cfg.spec.layers) == (0.2, 1e6, "place", 4)
-    default, _ = train._parse([])
+    default, *_ = train._parse([])
     assert default.spec == lvlm.ModelSpec()  # the shipped model's sizes and init
 
 
@@ -199,7 +199,7 @@ def test_training_with_planted_heads_marks_the_model(tmp_path):
     assert rep["planted_heads"] == ["L1H0"]  # the report says how the heads got there
     with pytest.raises(ValueError, match="L5H0"):
         train.train(train.TrainConfig(spec=TINY, steps=1, plant=((5, 0),)), None, progress=False)
-    cli, _ = train._parse(["--plant", "L3H2,L5H6", "--plant-weight", "0.5"])
+    cli, *_ = train._parse(["--plant", "L3H2,L5H6", "--plant-weight", "0.5"])
     assert cli.plant == ((3, 2), (5, 6)) and cli.plant_weight == 0.5
 
 
@@ -238,7 +238,7 @@ def test_background_dropout_hides_only_background_image_cells(tmp_path):
     assert report["config"]["background_dropout"] == 0.6
     with pytest.raises(ValueError, match="--background-dropout"):
         train.train(replace(cfg, background_dropout=1.0), None, progress=False)
-    cli, _ = train._parse(["--background-dropout", "0.5"])
+    cli, *_ = train._parse(["--background-dropout", "0.5"])
     assert cli.background_dropout == 0.5 and train._parse([])[0].background_dropout == 0
 
 
@@ -256,7 +256,7 @@ def test_text_stage_trains_the_decoder_only_and_is_recorded():
                          None, progress=False)
     assert len(report["text_stage_log"]) == 2
     assert report["config"]["text_steps"] == 3
-    cli, _ = train._parse(["--text-steps", "7", "--text-batch", "5"])
+    cli, *_ = train._parse(["--text-steps", "7", "--text-batch", "5"])
     assert (cli.text_steps, cli.text_batch) == (7, 5)
 
 
@@ -290,3 +290,39 @@ def test_cells_in_box_counts_cells_whose_centre_is_inside():
     wide = train.cells_in_box(np.array([8, 8, 24, 16]), geometry, margin=1)
     rows, cols = np.nonzero(wide)
     assert set(rows) == {1, 2, 3, 4} and set(cols) == {1, 2, 3, 4, 5, 6}
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A run killed mid-way resumes from out/checkpoint.pt when the same command runs
+    again, and ends with the weights and log of an uninterrupted run."""
+    cfg = train.TrainConfig(spec=TINY, steps=6, batch=2, questions=2, warmup=1,
+                            probe_every=3, probe_items=1, plant=((1, 0),))
+    whole = train.train(cfg, tmp_path / "whole", progress=False, checkpoint_every=2)
+    assert not (tmp_path / "whole" / train.CHECKPOINT).exists()  # removed at the end
+
+    real = train.make_batch
+
+    def dies_at_step_5(step, *args, **kwargs):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(train, "make_batch", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, tmp_path / "cut", progress=False, checkpoint_every=2)
+    assert (tmp_path / "cut" / train.CHECKPOINT).is_file()
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    monkeypatch.setattr(train, "make_batch", real)
+
+    with pytest.raises(ValueError, match="seed.*delete"):  # other settings: clear error
+        train.train(replace(cfg, seed=1), tmp_path / "cut", progress=False, checkpoint_every=2)
+    resumed = train.train(cfg, tmp_path / "cut", progress=False, checkpoint_every=2)
+    assert resumed["resumed_at"] == [4]
+    for p, q in zip(whole["model"].parameters(), resumed["model"].parameters()):
+        assert torch.equal(p, q)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(resumed["log"]) == strip(whole["log"])
+    assert strip(resumed["probes"]) == strip(whole["probes"])
+    assert not (tmp_path / "cut" / train.CHECKPOINT).exists()
+    with pytest.raises(ValueError, match="checkpoint-every"):
+        train.train(cfg, tmp_path / "x", progress=False, checkpoint_every=-1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -420,14 +421,50 @@ def _probe_summary(p: dict) -> dict:
     }
 
 
-def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True) -> dict:
+#: File in the output folder that holds an unfinished run (removed when the run ends).
+CHECKPOINT = "checkpoint.pt"
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (an interrupted write leaves the old file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    """The unfinished run saved at ``path``; it must have been started with ``cfg``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved, now = state["config"], _jsonable(asdict(cfg))
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ValueError(
+            f"{path} holds an unfinished run started with other settings ({', '.join(diff)}"
+            f" differ). Pass the same options to resume it, or delete {path} to start afresh.")
+    return state
+
+
+def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True,
+          checkpoint_every: int = 100, command: str | None = None) -> dict:
     """Train a shapes LVLM from scratch; save it (and its report) to ``out``.
+
+    An interrupted run RESUMES: with ``out``, the run saves its state (model, optimiser,
+    logs) to ``out/checkpoint.pt`` after stage 0 and every ``checkpoint_every`` steps; the
+    same command run again continues from there, and gives the same weights as an
+    uninterrupted run (the batch of a step depends on the step only). The file is removed
+    when the run ends. An interrupted stage 0 starts again (it takes minutes).
 
     Args:
         cfg: The run's configuration.
         out: Folder for ``save_pretrained`` (model, tokenizer, processor) and
             ``training_report.json``; None keeps nothing on disk.
         progress: Show a tqdm progress bar.
+        checkpoint_every: Steps between checkpoints (0: none; only with ``out``).
+        command: The command line to record in the report (default: this process's).
 
     Returns:
         The training report (config, loss curve, probes, time, threads, versions; with
@@ -439,10 +476,17 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     if not 0 <= cfg.background_dropout < 1:
         raise ValueError(f"--background-dropout {cfg.background_dropout}: pass a share in "
                          "[0, 1) (0 hides nothing)")
+    if checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every {checkpoint_every}: pass a number of steps "
+                         "(0: no checkpoints)")
     torch.set_num_threads(cfg.threads)
+    ckpt = Path(out) / CHECKPOINT if out is not None and checkpoint_every else None
+    resume = _load_checkpoint(ckpt, cfg) if ckpt is not None and ckpt.is_file() else None
     processor = lvlm.build_processor(cfg.spec)
     model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed)
-    if cfg.init is not None:
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    elif cfg.init is not None:
         start, _ = lvlm.load_toy(cfg.init)
         if lvlm.spec_of(start) != cfg.spec:
             raise ValueError(
@@ -451,7 +495,10 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         model.load_state_dict(start.state_dict())
     model = model.to(cfg.device)
     model.train()
-    text_log = text_stage(model, processor, cfg, progress) if cfg.text_steps else []
+    if resume is not None:
+        text_log = resume["report"]["text_stage_log"]
+    else:
+        text_log = text_stage(model, processor, cfg, progress) if cfg.text_steps else []
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
@@ -470,7 +517,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         planter = Planter(model, cfg.plant, model.config.image_token_id)
     report: dict = {
         "config": asdict(cfg),
-        "command": " ".join([Path(sys.executable).name, "-m", "minilocal.toy.train"] + sys.argv[1:]),
+        "command": command or " ".join([Path(sys.executable).name, "-m", "minilocal.toy.train"]
+                                       + sys.argv[1:]),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -482,9 +530,33 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     if cfg.init is not None and (Path(cfg.init) / "training_report.json").is_file():
         # the stage this run continues, with its own earlier stages: the whole chain
         report["init_report"] = json.loads((Path(cfg.init) / "training_report.json").read_text())
-    t0 = time.time()
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="train", dynamic_ncols=True)
-    run_loss = run_acc = None
+    first, elapsed, run_loss, run_acc = 0, 0.0, None, None
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        saved = resume["report"]
+        for key in ("log", "probes", "init_report", "resumed_at"):
+            if key in saved:
+                report[key] = saved[key]
+        first, elapsed = resume["step"], resume["elapsed_s"]
+        run_loss, run_acc = resume["run_loss"], resume["run_acc"]
+        report["resumed_at"] = report.get("resumed_at", []) + [first]
+        tqdm.write(f"resuming {ckpt} at step {first} of {cfg.steps}")
+
+    def save_state(next_step: int) -> None:
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            _save_checkpoint(ckpt, {
+                "config": _jsonable(asdict(cfg)), "step": next_step,
+                "elapsed_s": time.time() - t0, "run_loss": run_loss, "run_acc": run_acc,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "report": _jsonable({k: v for k, v in report.items()}),
+            })
+
+    t0 = time.time() - elapsed
+    if resume is None:
+        save_state(0)  # after stage 0
+    bar = tqdm(range(first, cfg.steps), initial=first, total=cfg.steps, disable=not progress,
+               desc="train", dynamic_ncols=True)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -528,6 +600,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 f"{summary['in_box_mean']:.3f} (uniform {summary['box_share']:.3f})  best "
                 f"{top['head']} {top['in_box']:.3f} pointing {top['pointing']:.3f}"
             )
+        if checkpoint_every and not last and (step + 1) % checkpoint_every == 0:
+            save_state(step + 1)
     report["train_seconds"] = round(time.time() - t0, 1)
     if planter is not None:
         planter.remove()
@@ -541,12 +615,14 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         model.save_pretrained(out)
         processor.save_pretrained(out)
         (out / "training_report.json").write_text(json.dumps(report, indent=1))
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
     report["model"] = model
     report["processor"] = processor
     return report
 
 
-def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
+def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
     cfg = TrainConfig()
     ap = argparse.ArgumentParser(
         prog="python -m minilocal.toy.train",
@@ -554,6 +630,9 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     )
     ap.add_argument("--out", default=None, help="output folder (save_pretrained)")
     ap.add_argument("--init", default=None, help="start from this saved model (second stage)")
+    ap.add_argument("--checkpoint-every", type=int, default=100,
+                    help="steps between checkpoints in OUT (an interrupted run resumes when "
+                         "the same command is run again; 0: none; default: %(default)s)")
     for f in ("steps", "batch", "questions", "warmup", "seed", "threads", "probe_every",
               "probe_items", "start_index", "curriculum", "text_steps", "text_batch"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(cfg, f))
@@ -591,13 +670,13 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
                                       "final_lr", "weight_decay", "clip",
                                       "background_dropout")},
     )
-    return cfg, a.out
+    return cfg, a.out, a.checkpoint_every
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see ``--help``)."""
-    cfg, out = _parse(argv)
-    report = train(cfg, out)
+    cfg, out, checkpoint_every = _parse(argv)
+    report = train(cfg, out, checkpoint_every=checkpoint_every)
     last = {k: v for k, v in (report["probes"][-1] if report["probes"] else {}).items()
             if k not in ("in_box", "pointing", "s_img")}
     print(json.dumps({"train_seconds": report["train_seconds"], "final_probe": last}, indent=1))
