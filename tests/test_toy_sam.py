@@ -298,3 +298,38 @@ def test_training_script_smoke_and_determinism(tmp_path, capsys):
     a, b, c = (S.load_shapes_sam(tmp_path / x).state_dict() for x in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A run killed mid-way resumes from out/checkpoint.pt (the same command again) and
+    ends with the weights and log of an uninterrupted run."""
+    args = [a if a != "3" else "5" for a in TINY_ARGS[:2]] + TINY_ARGS[2:]
+    args += ["--eval-items", "0", "--checkpoint-every", "2"]
+    T.main(args + ["--out", str(tmp_path / "whole")])
+    assert not (tmp_path / "whole" / "checkpoint.pt").exists()
+    real = T.make_batch
+    seen = []
+
+    def dies_at_step_3(sam, scenes, *a, **k):
+        seen.append(1)
+        if len(seen) == 4:  # the 4th batch: step 3
+            raise KeyboardInterrupt
+        return real(sam, scenes, *a, **k)
+
+    monkeypatch.setattr(T, "make_batch", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        T.main(args + ["--out", str(tmp_path / "cut")])
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(T, "make_batch", real)
+    with pytest.raises(ValueError, match="seed.*delete"):
+        T.main(args + ["--out", str(tmp_path / "cut"), "--seed", "1"])
+    T.main(args + ["--out", str(tmp_path / "cut")])
+    whole = json.loads((tmp_path / "whole" / "training_report.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "training_report.json").read_text())
+    assert cut["resumed_at"] == [2] and "resumed_at" not in whole
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(cut["log"]) == strip(whole["log"])
+    assert strip(cut["validation"]) == strip(whole["validation"])
+    a, b = (S.load_shapes_sam(tmp_path / x).state_dict() for x in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()

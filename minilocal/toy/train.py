@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -31,8 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint as C
 from . import lvlm
 from . import world as W
+from .checkpoint import CHECKPOINT
 
 
 @dataclass
@@ -421,33 +422,6 @@ def _probe_summary(p: dict) -> dict:
     }
 
 
-#: File in the output folder that holds an unfinished run (removed when the run ends).
-CHECKPOINT = "checkpoint.pt"
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj))
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (an interrupted write leaves the old file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    """The unfinished run saved at ``path``; it must have been started with ``cfg``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved, now = state["config"], _jsonable(asdict(cfg))
-    if saved != now:
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise ValueError(
-            f"{path} holds an unfinished run started with other settings ({', '.join(diff)}"
-            f" differ). Pass the same options to resume it, or delete {path} to start afresh.")
-    return state
-
-
 def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True,
           checkpoint_every: int = 100, command: str | None = None) -> dict:
     """Train a shapes LVLM from scratch; save it (and its report) to ``out``.
@@ -481,7 +455,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                          "(0: no checkpoints)")
     torch.set_num_threads(cfg.threads)
     ckpt = Path(out) / CHECKPOINT if out is not None and checkpoint_every else None
-    resume = _load_checkpoint(ckpt, cfg) if ckpt is not None and ckpt.is_file() else None
+    resume = C.load(ckpt, asdict(cfg)) if ckpt is not None and ckpt.is_file() else None
     processor = lvlm.build_processor(cfg.spec)
     model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed)
     if resume is not None:
@@ -544,12 +518,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
 
     def save_state(next_step: int) -> None:
         if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            _save_checkpoint(ckpt, {
-                "config": _jsonable(asdict(cfg)), "step": next_step,
+            C.save(ckpt, {
+                "config": C.jsonable(asdict(cfg)), "step": next_step,
                 "elapsed_s": time.time() - t0, "run_loss": run_loss, "run_acc": run_acc,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "report": _jsonable({k: v for k, v in report.items()}),
+                "report": C.jsonable(report),
             })
 
     t0 = time.time() - elapsed

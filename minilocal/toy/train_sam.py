@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..segmentation import import_segment_anything, sam_mask_prompt
+from . import checkpoint as C
 from . import sam as S
 from . import world as W
 
@@ -513,14 +514,21 @@ def validate(sam, cfg: TrainConfig) -> dict:
     return out
 
 
-def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True,
+          checkpoint_every: int = 100) -> dict:
     """Train a shapes SAM from scratch; save it, evaluate it on held-out items.
+
+    An interrupted run RESUMES: with ``out``, the run saves its state to
+    ``out/checkpoint.pt`` every ``checkpoint_every`` steps, and the same command run again
+    continues from there to the weights of an uninterrupted run (the batch and prompts of a
+    step depend on the step only). The file is removed when the run's report is written.
 
     Args:
         cfg: The run's configuration.
         out: Folder for the weights, config and ``training_report.json`` (None: not saved;
             the held-out evaluation then runs on the in-memory model).
         progress: Show a tqdm progress bar.
+        checkpoint_every: Steps between checkpoints (0: none; only with ``out``).
 
     Returns:
         The training report (config, loss curve, validation probes, time, held-out figures);
@@ -528,8 +536,15 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
 
     Book: ``book/05_grounding.ipynb``.
     """
+    if checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every {checkpoint_every}: pass a number of steps "
+                         "(0: no checkpoints)")
     torch.set_num_threads(cfg.threads)
+    ckpt = Path(out) / C.CHECKPOINT if out is not None and checkpoint_every else None
+    resume = C.load(ckpt, asdict(cfg)) if ckpt is not None and ckpt.is_file() else None
     sam = S.build_sam(cfg.spec, seed=cfg.seed)
+    if resume is not None:
+        sam.load_state_dict(resume["model"])
     sam.train()
     decay = [p for n, p in sam.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in sam.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
@@ -549,12 +564,21 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         "log": [],
         "validation": [],
     }
-    t0 = time.time()
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="train_sam", dynamic_ncols=True)
-    run = None
+    start, run = 0, None
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        for key in ("log", "validation", "resumed_at"):
+            if key in resume["report"]:
+                report[key] = resume["report"][key]
+        start, run = resume["step"], resume["run"]
+        report["resumed_at"] = report.get("resumed_at", []) + [start]
+        tqdm.write(f"resuming {ckpt} at step {start} of {cfg.steps}")
+    t0 = time.time() - (resume["elapsed_s"] if resume is not None else 0.0)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc="train_sam", dynamic_ncols=True)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = float(lr_at(step, cfg))  # a Python float: checkpoints load weights-only
         first = cfg.start_index + step * cfg.batch
         scenes = [_scene("train", first + i, cfg.world) for i in range(cfg.batch)]
         batch = make_batch(sam, scenes, np.random.default_rng([cfg.seed, step]), cfg.prompts)
@@ -578,6 +602,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             report["validation"].append(v)
             tqdm.write(f"step {step + 1}: selection mIoU " +
                        "  ".join(f"{k} {v[k]:.4f}" for k, *_ in VALIDATION))
+        if ckpt is not None and not last and (step + 1) % checkpoint_every == 0:
+            C.save(ckpt, {"config": C.jsonable(asdict(cfg)), "step": step + 1,
+                          "elapsed_s": time.time() - t0,
+                          "run": {k: float(v) for k, v in run.items()},
+                          "model": sam.state_dict(), "optimizer": opt.state_dict(),
+                          "report": C.jsonable(report)})
     report["train_seconds"] = round(time.time() - t0, 1)
     sam.eval()
     if out is not None:
@@ -595,6 +625,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         report["timing"] = timing(refiner)
     if out is not None:
         (out / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
     report["sam"] = sam
     return report
 
@@ -738,11 +770,14 @@ def timing(refiner, n: int = 20) -> dict:
 
 
 # =============================================================================== CLI
-def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
+def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
     cfg = TrainConfig()
     ap = argparse.ArgumentParser(prog="python -m minilocal.toy.train_sam",
                                  description="Train the shapes SAM from scratch (CPU).")
     ap.add_argument("--out", default=None, help="output folder (weights, config, report)")
+    ap.add_argument("--checkpoint-every", type=int, default=100,
+                    help="steps between checkpoints in OUT (an interrupted run resumes when "
+                         "the same command is run again; 0: none; default: %(default)s)")
     ints = ("steps", "batch", "warmup", "seed", "threads", "val_every", "val_items",
             "eval_items", "start_index")
     floats = ("lr", "final_lr", "weight_decay", "clip")
@@ -766,7 +801,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None]:
     prompts = PromptConfig(**{f.name: getattr(a, f.name) for f in fields(PromptConfig)})
     cfg = replace(cfg, spec=spec, prompts=prompts, storage_dtype=a.storage_dtype,
                   **{f: getattr(a, f) for f in ints + floats})
-    return cfg, a.out
+    return cfg, a.out, a.checkpoint_every
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -774,8 +809,8 @@ def main(argv: list[str] | None = None) -> None:
 
     Book: ``book/05_grounding.ipynb``.
     """
-    cfg, out = _parse(argv)
-    report = train(cfg, out)
+    cfg, out, checkpoint_every = _parse(argv)
+    report = train(cfg, out, checkpoint_every=checkpoint_every)
     print(json.dumps({"train_seconds": report["train_seconds"],
                       "validation": report["validation"][-1] if report["validation"] else None},
                      indent=1))
