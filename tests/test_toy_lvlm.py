@@ -1,6 +1,7 @@
 """The shapes LVLM builders and the training script, on a tiny configuration."""
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -326,3 +327,64 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert not (tmp_path / "cut" / train.CHECKPOINT).exists()
     with pytest.raises(ValueError, match="checkpoint-every"):
         train.train(cfg, tmp_path / "x", progress=False, checkpoint_every=-1)
+
+
+def test_sharpen_term_counts_only_far_cells_above_the_floor():
+    """Uniform attention on a 4 x 4 grid with the referent in one corner: the 12 cells more
+    than one cell away each sit log 4 above a quarter of uniform; the three neighbours and
+    the referent's cell do not count, nor do hidden (-inf) or low cells."""
+    n = 16
+    logp = torch.full((1, n), math.log(1 / n), requires_grad=True)
+    target = torch.zeros(1, n)
+    target[0, 0] = 1
+    value = train.sharpen_term(logp, target, (4, 4))
+    assert value.item() == pytest.approx(12 * math.log(4), rel=1e-6)
+    value.backward()
+    far = torch.ones(4, 4)
+    far[:2, :2] = 0
+    assert torch.equal(logp.grad.view(4, 4), far)
+    low = torch.full((1, n), math.log(0.1 / n))
+    low[0, 5] = float("-inf")
+    assert train.sharpen_term(low, target, (4, 4)).item() == 0
+
+
+def test_planter_adds_the_sharpening_term(tmp_path):
+    """Planter(sharpen=w) = the cross-entropy + w * the sharpening term, both per query,
+    with far cells found independently (scipy dilation of the referent's cells)."""
+    from scipy.ndimage import binary_dilation
+
+    spec = lvlm.ModelSpec(image_size=32, patch_size=4, vision_hidden=16, layers=2, heads=2,
+                          kv_heads=2, hidden=32, intermediate=64)
+    processor = lvlm.build_processor(spec)
+    model = lvlm.build_model(spec, processor, seed=0)
+    model.set_attn_implementation("eager")
+    cfg = train.TrainConfig(spec=spec, world=W.WorldConfig(image_size=32), batch=2, questions=2)
+    batch, _, maps = train.make_batch(0, cfg, processor, targets=True)
+    plain = train.Planter(model, ((1, 1),), model.config.image_token_id)
+    model(**batch)
+    ce = plain.loss(batch, maps).detach()
+    plain.remove()
+    sharp = train.Planter(model, ((1, 1),), model.config.image_token_id, sharpen=0.1,
+                          grid=spec.grid)
+    out = model(**batch, output_attentions=True)
+    got = sharp.loss(batch, maps)
+    rows = out.attentions[1][:, 1].detach()
+    sup = batch["labels"] != -100
+    queries = (~sup[:, :-1]) & sup[:, 1:]
+    image = batch["input_ids"][0] == model.config.image_token_id
+    floor = math.log(train.SHARPEN_FLOOR / int(image.sum()))
+    term = 0.0
+    for b in range(2):
+        for q, pos in enumerate(torch.nonzero(queries[b]).flatten()):
+            near = binary_dilation(maps[b][q].reshape(spec.grid) > 0, np.ones((3, 3), bool))
+            logp = torch.log(rows[b, pos][image]).numpy().reshape(spec.grid)
+            term += np.maximum(logp - floor, 0)[~near].sum()
+    count = sum(len(m) for m in maps)
+    assert term > 0
+    assert got.item() == pytest.approx(ce.item() + 0.1 * term / count, rel=1e-4)
+    assert sharp.last_sharpen == pytest.approx(term / count, rel=1e-4)
+    with pytest.raises(ValueError, match="grid"):
+        train.Planter(model, ((1, 1),), model.config.image_token_id, sharpen=0.1)
+    with pytest.raises(ValueError, match="plant-sharpen"):
+        train.train(replace(cfg, plant_sharpen=-1.0, plant=((1, 1),)), None, progress=False)
+    assert train._parse(["--plant-sharpen", "0.05"])[0].plant_sharpen == 0.05

@@ -70,6 +70,15 @@ class TrainConfig:
             ``experiments/LOG.md`` for why this option exists.
         plant_weight: Weight of the planting loss (cross-entropy between the referent's
             mask, pooled to the grid, and the head's attention over all keys).
+        plant_sharpen: Weight of the SHARPENING term of the planting loss (0: none): for
+            each planted head and query, the sum over image cells more than one cell away
+            from the referent of ``max(0, log a - log(SHARPEN_FLOOR / n_image))``, i.e. of
+            how far above a quarter of uniform attention each distant cell gets. The
+            cross-entropy alone barely pushes on a few percent of attention left on
+            another object (its gradient on a cell is the cell's attention), yet the
+            paper's pseudo mask (smoothed sum > its mean) turns such a residue into
+            foreground and the box swallows the other object (``experiments/LOG.md``
+            section 13).
         text_steps: Steps of STAGE 0, language pre-training before the image stage
             (:func:`text_stage`; 0: none). A real LVLM starts from a pre-trained language
             model whose last token already sums up the sentence; this stage gives the
@@ -103,6 +112,7 @@ class TrainConfig:
     init: str | None = None
     plant: tuple[tuple[int, int], ...] = ()
     plant_weight: float = 1.0
+    plant_sharpen: float = 0.0
     text_steps: int = 0
     text_batch: int = 64
     background_dropout: float = 0.0
@@ -259,6 +269,30 @@ def text_stage(model, processor, cfg: TrainConfig, progress: bool = True) -> lis
     return log
 
 
+#: Attention a planted head may leave on a cell far from the referent, as a share of uniform
+#: attention (1 / number of image cells), before the sharpening term counts it.
+SHARPEN_FLOOR = 0.25
+
+
+def sharpen_term(logp: torch.Tensor, target: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Sharpening term of the planting loss, summed over queries (:class:`TrainConfig`).
+
+    Args:
+        logp: [Q, n_image] log attention of one head on the image cells (-inf: hidden).
+        target: [Q, n_image] referent maps (pooled masks); cells more than one cell away
+            from a cell with target > 0 are "far".
+        grid: (h, w) with h * w = n_image.
+
+    Returns:
+        Sum over queries and far cells of ``max(0, logp - log(SHARPEN_FLOOR / n_image))``.
+    """
+    q, n = logp.shape
+    near = torch.nn.functional.max_pool2d((target > 0).float().view(q, 1, *grid), 3, 1, 1)
+    far = near.view(q, n) == 0
+    excess = torch.clamp(logp - math.log(SHARPEN_FLOOR / n), min=0.0)
+    return torch.where(far & torch.isfinite(logp), excess, torch.zeros_like(excess)).sum()
+
+
 class Planter:
     """The planting loss: chosen heads' attention from each answer's query onto the referent.
 
@@ -268,9 +302,14 @@ class Planter:
     with, differentiable, without switching the model to eager attention.
     """
 
-    def __init__(self, model, heads: tuple[tuple[int, int], ...], image_token_id: int):
+    def __init__(self, model, heads: tuple[tuple[int, int], ...], image_token_id: int,
+                 sharpen: float = 0.0, grid: tuple[int, int] | None = None):
+        if sharpen and grid is None:
+            raise ValueError("the sharpening term needs the image grid: pass grid=(h, w)")
         self.heads = [tuple(h) for h in heads]
         self.image_token_id = image_token_id
+        self.sharpen, self.grid = sharpen, grid
+        self.last_sharpen = 0.0  # the sharpening term of the last loss (per query)
         self.layers = model.model.language_model.layers
         self.saved: dict[int, tuple] = {}
         self.hooks = [
@@ -290,14 +329,15 @@ class Planter:
             hook.remove()
 
     def loss(self, batch: dict, maps: list[list[np.ndarray]]) -> torch.Tensor:
-        """Mean cross-entropy between each referent map and the head's attention row."""
+        """Mean cross-entropy between each referent map and the head's attention row (plus
+        ``sharpen`` times the mean sharpening term, :func:`sharpen_term`)."""
         from transformers.models.llama.modeling_llama import rotate_half
 
         ids, labels = batch["input_ids"], batch["labels"]
         sup = labels != -100
         queries = (~sup[:, :-1]) & sup[:, 1:]  # [B, T-1]: the "." before each answer
         image = ids[0] == self.image_token_id  # [T] (the same layout in every row)
-        total, count = 0.0, 0
+        total, sharp, count = 0.0, 0.0, 0
         projected = {}  # layer -> rotated q, k of all its heads: once per layer
         for layer, head in self.heads:
             attn = self.layers[layer].self_attn
@@ -326,9 +366,12 @@ class Planter:
                                          device=logp.device)
                 # hidden keys have logp = -inf and target 0: leave them out of the sum
                 total = total - (target * logp.masked_fill(target == 0, 0.0)).sum(-1).sum()
+                if self.sharpen:
+                    sharp = sharp + sharpen_term(logp, target, self.grid)
                 count += len(pos)
         self.saved.clear()
-        return total / max(count, 1)
+        self.last_sharpen = (float(sharp.detach()) if torch.is_tensor(sharp) else 0.0) / max(count, 1)
+        return (total + self.sharpen * sharp) / max(count, 1)
 
 
 def cells_in_box(box, geometry, margin: float = 0.0) -> np.ndarray:
@@ -450,6 +493,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     if not 0 <= cfg.background_dropout < 1:
         raise ValueError(f"--background-dropout {cfg.background_dropout}: pass a share in "
                          "[0, 1) (0 hides nothing)")
+    if cfg.plant_sharpen < 0:
+        raise ValueError(f"--plant-sharpen {cfg.plant_sharpen}: pass a weight >= 0 (0: none)")
     if checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every {checkpoint_every}: pass a number of steps "
                          "(0: no checkpoints)")
@@ -488,7 +533,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
             if not (0 <= layer < n_layers and 0 <= head < n_heads):
                 raise ValueError(f"--plant L{layer}H{head}: the model has {n_layers} layers x "
                                  f"{n_heads} heads; name heads inside it")
-        planter = Planter(model, cfg.plant, model.config.image_token_id)
+        planter = Planter(model, cfg.plant, model.config.image_token_id,
+                          sharpen=cfg.plant_sharpen, grid=cfg.spec.grid)
     report: dict = {
         "config": asdict(cfg),
         "command": command or " ".join([Path(sys.executable).name, "-m", "minilocal.toy.train"]
@@ -559,7 +605,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 {"step": step, "loss": round(loss_value, 5), "token_acc": round(acc, 4),
                  "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1),
                  **({} if plant_loss is None else
-                    {"plant_loss": round(float(plant_loss.detach()), 5)})}
+                    {"plant_loss": round(float(plant_loss.detach()), 5)}),
+                 **({"plant_sharpen_term": round(planter.last_sharpen, 4)}
+                    if cfg.plant_sharpen else {})}
             )
         last = step == cfg.steps - 1
         if last or (cfg.probe_every and step > 0 and step % cfg.probe_every == 0):
@@ -622,6 +670,9 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
     ap.add_argument("--plant", default="", help="heads to PLANT, e.g. L3H2,L5H6 (an extra "
                     "loss trains their attention onto the referent; default: none)")
     ap.add_argument("--plant-weight", type=float, default=cfg.plant_weight)
+    ap.add_argument("--plant-sharpen", type=float, default=cfg.plant_sharpen,
+                    help="weight of the planting loss's sharpening term (attention left far "
+                         "from the referent; default: %(default)s, none)")
     ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=cfg.world.texture,
                     help="draw each shape kind with its own texture (world.TEXTURES)")
     a = ap.parse_args(argv)
@@ -636,7 +687,7 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
     plant = tuple(parse_head(h) for h in a.plant.split(",") if h.strip())
     cfg = replace(
         cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture), init=a.init,
-        plant=plant, plant_weight=a.plant_weight,
+        plant=plant, plant_weight=a.plant_weight, plant_sharpen=a.plant_sharpen,
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
                                       "probe_every", "probe_items", "start_index", "curriculum",
                                       "text_steps", "text_batch", "lr",
