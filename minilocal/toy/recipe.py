@@ -55,6 +55,9 @@ SHIPPED: tuple[Stage, ...] = (
     Stage("B3", _SHARED + ("--start-index", "40000") + _THREE + ("--threads", "1")),
     Stage("B4", _SHARED + ("--start-index", "56000") + _THREE + ("--threads", "2")),
     Stage("B5", _SHARED + ("--start-index", "72000") + _THREE + ("--threads", "2")),
+    Stage("B6", _SHARED + ("--start-index", "88000") + _THREE + ("--threads", "2")),
+    Stage("E1", _SHARED + ("--start-index", "104000") + _THREE
+          + ("--plant-sharpen", "0.05", "--threads", "2")),
 )
 
 
