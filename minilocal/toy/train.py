@@ -78,7 +78,9 @@ class TrainConfig:
             another object (its gradient on a cell is the cell's attention), yet the
             paper's pseudo mask (smoothed sum > its mean) turns such a residue into
             foreground and the box swallows the other object (``experiments/LOG.md``
-            section 13).
+            section 13). Use it on a model whose planted heads already localize (the
+            shipped model's last stage): from scratch it pushed their attention off the
+            image onto the text (LOG section 13).
         text_steps: Steps of STAGE 0, language pre-training before the image stage
             (:func:`text_stage`; 0: none). A real LVLM starts from a pre-trained language
             model whose last token already sums up the sentence; this stage gives the
