@@ -58,6 +58,8 @@ SHIPPED: tuple[Stage, ...] = (
     Stage("B6", _SHARED + ("--start-index", "88000") + _THREE + ("--threads", "2")),
     Stage("E1", _SHARED + ("--start-index", "104000") + _THREE
           + ("--plant-sharpen", "0.05", "--threads", "2")),
+    Stage("E2", _SHARED + ("--start-index", "120000") + _THREE
+          + ("--plant-sharpen", "0.05", "--threads", "2")),
 )
 
 
