@@ -39,7 +39,6 @@ def main():
     model, processor = lvlm.load_toy(model_dir)
     items = list(W.shapes_dataset("selection", n, start, cfg=lvlm.world_of(model)))
     attn, preps = collect_attention(get_adapter(model, processor), items, progress=False)
-    kinds = np.array([it.meta.get("kind", "?") if hasattr(it, "meta") else "?" for it in items])
     for r in (1, 2, 3):
         for combo in itertools.combinations(heads, r):
             name = ",".join(format_head(h) for h in combo)
@@ -48,7 +47,6 @@ def main():
         top = heads[:3]
         print(f"{'largest component':24s} {acc(attn, preps, items, top, component='largest'):.3f}"
               f"  ({','.join(format_head(h) for h in top)})")
-    del kinds
 
 
 if __name__ == "__main__":

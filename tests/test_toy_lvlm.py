@@ -13,6 +13,7 @@ from minilocal.adapters import get_adapter
 from minilocal.errors import DatasetError
 from minilocal.toy import lvlm, train
 from minilocal.toy import world as W
+from minilocal.toy.checkpoint import CHECKPOINT
 
 TINY = lvlm.ModelSpec(image_size=32, patch_size=4, vision_hidden=16, layers=2, heads=2,
                       kv_heads=2, hidden=32, intermediate=64)
@@ -299,7 +300,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     cfg = train.TrainConfig(spec=TINY, steps=6, batch=2, questions=2, warmup=1,
                             probe_every=3, probe_items=1, plant=((1, 0),))
     whole = train.train(cfg, tmp_path / "whole", progress=False, checkpoint_every=2)
-    assert not (tmp_path / "whole" / train.CHECKPOINT).exists()  # removed at the end
+    assert not (tmp_path / "whole" / CHECKPOINT).exists()  # removed at the end
 
     real = train.make_batch
 
@@ -311,7 +312,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(train, "make_batch", dies_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, tmp_path / "cut", progress=False, checkpoint_every=2)
-    assert (tmp_path / "cut" / train.CHECKPOINT).is_file()
+    assert (tmp_path / "cut" / CHECKPOINT).is_file()
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     monkeypatch.setattr(train, "make_batch", real)
 
@@ -324,7 +325,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
     assert strip(resumed["log"]) == strip(whole["log"])
     assert strip(resumed["probes"]) == strip(whole["probes"])
-    assert not (tmp_path / "cut" / train.CHECKPOINT).exists()
+    assert not (tmp_path / "cut" / CHECKPOINT).exists()
     with pytest.raises(ValueError, match="checkpoint-every"):
         train.train(cfg, tmp_path / "x", progress=False, checkpoint_every=-1)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import train as T
+from .checkpoint import CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def finished(folder: str | Path) -> bool:
     folder = Path(folder)
     return ((folder / "training_report.json").is_file()
             and (folder / "model.safetensors").is_file()
-            and not (folder / T.CHECKPOINT).exists())
+            and not (folder / CHECKPOINT).exists())
 
 
 def run(stages: tuple[Stage, ...], out: str | Path, progress: bool = True,

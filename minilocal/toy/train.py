@@ -22,7 +22,6 @@ import json
 import math
 import platform
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,10 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint as C
 from . import lvlm
 from . import world as W
-from .checkpoint import CHECKPOINT
+from .checkpoint import Checkpoint
 
 
 @dataclass
@@ -497,16 +495,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                          "[0, 1) (0 hides nothing)")
     if cfg.plant_sharpen < 0:
         raise ValueError(f"--plant-sharpen {cfg.plant_sharpen}: pass a weight >= 0 (0: none)")
-    if checkpoint_every < 0:
-        raise ValueError(f"--checkpoint-every {checkpoint_every}: pass a number of steps "
-                         "(0: no checkpoints)")
+    ckpt = Checkpoint(out, asdict(cfg), checkpoint_every)
     torch.set_num_threads(cfg.threads)
-    ckpt = Path(out) / CHECKPOINT if out is not None and checkpoint_every else None
-    resume = C.load(ckpt, asdict(cfg)) if ckpt is not None and ckpt.is_file() else None
     processor = lvlm.build_processor(cfg.spec)
     model = lvlm.build_model(cfg.spec, processor, seed=cfg.seed)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
+    if ckpt.state is not None:
+        model.load_state_dict(ckpt.state["model"])
     elif cfg.init is not None:
         start, _ = lvlm.load_toy(cfg.init)
         if lvlm.spec_of(start) != cfg.spec:
@@ -516,8 +510,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         model.load_state_dict(start.state_dict())
     model = model.to(cfg.device)
     model.train()
-    if resume is not None:
-        text_log = resume["report"]["text_stage_log"]
+    if ckpt.state is not None:
+        text_log = ckpt.state["report"]["text_stage_log"]
     else:
         text_log = text_stage(model, processor, cfg, progress) if cfg.text_steps else []
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
@@ -552,30 +546,10 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     if cfg.init is not None and (Path(cfg.init) / "training_report.json").is_file():
         # the stage this run continues, with its own earlier stages: the whole chain
         report["init_report"] = json.loads((Path(cfg.init) / "training_report.json").read_text())
-    first, elapsed, run_loss, run_acc = 0, 0.0, None, None
-    if resume is not None:
-        opt.load_state_dict(resume["optimizer"])
-        saved = resume["report"]
-        for key in ("log", "probes", "init_report", "resumed_at"):
-            if key in saved:
-                report[key] = saved[key]
-        first, elapsed = resume["step"], resume["elapsed_s"]
-        run_loss, run_acc = resume["run_loss"], resume["run_acc"]
-        report["resumed_at"] = report.get("resumed_at", []) + [first]
-        tqdm.write(f"resuming {ckpt} at step {first} of {cfg.steps}")
-
-    def save_state(next_step: int) -> None:
-        if ckpt is not None:
-            C.save(ckpt, {
-                "config": C.jsonable(asdict(cfg)), "step": next_step,
-                "elapsed_s": time.time() - t0, "run_loss": run_loss, "run_acc": run_acc,
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "report": C.jsonable(report),
-            })
-
-    t0 = time.time() - elapsed
-    if resume is None:
-        save_state(0)  # after stage 0
+    first, extra = ckpt.resume(opt, report, ("log", "probes", "init_report"), cfg.steps)
+    run_loss, run_acc = extra.get("run_loss"), extra.get("run_acc")
+    if ckpt.state is None:
+        ckpt.save(0, model, opt, report)  # after stage 0
     bar = tqdm(range(first, cfg.steps), initial=first, total=cfg.steps, disable=not progress,
                desc="train", dynamic_ncols=True)
     for step in bar:
@@ -605,7 +579,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         if step % 10 == 0 or step == cfg.steps - 1:
             report["log"].append(
                 {"step": step, "loss": round(loss_value, 5), "token_acc": round(acc, 4),
-                 "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1),
+                 "lr": lr_at(step, cfg), "elapsed_s": round(ckpt.elapsed(), 1),
                  **({} if plant_loss is None else
                     {"plant_loss": round(float(plant_loss.detach()), 5)}),
                  **({"plant_sharpen_term": round(planter.last_sharpen, 4)}
@@ -614,7 +588,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         last = step == cfg.steps - 1
         if last or (cfg.probe_every and step > 0 and step % cfg.probe_every == 0):
             p = probe(model, processor, probe_items)
-            summary = {"step": step + 1, "elapsed_s": round(time.time() - t0, 1),
+            summary = {"step": step + 1, "elapsed_s": round(ckpt.elapsed(), 1),
                        **_probe_summary(p)}
             report["probes"].append(summary)
             top = summary["in_box_top"][0]
@@ -623,9 +597,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
                 f"{summary['in_box_mean']:.3f} (uniform {summary['box_share']:.3f})  best "
                 f"{top['head']} {top['in_box']:.3f} pointing {top['pointing']:.3f}"
             )
-        if checkpoint_every and not last and (step + 1) % checkpoint_every == 0:
-            save_state(step + 1)
-    report["train_seconds"] = round(time.time() - t0, 1)
+        if ckpt.due(step, cfg.steps):
+            ckpt.save(step + 1, model, opt, report, run_loss=run_loss, run_acc=run_acc)
+    report["train_seconds"] = round(ckpt.elapsed(), 1)
     if planter is not None:
         planter.remove()
         model.config.minilocal_planted_heads = [list(h) for h in cfg.plant]
@@ -638,8 +612,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         model.save_pretrained(out)
         processor.save_pretrained(out)
         (out / "training_report.json").write_text(json.dumps(report, indent=1))
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
+        ckpt.finish()
     report["model"] = model
     report["processor"] = processor
     return report

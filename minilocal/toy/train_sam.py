@@ -56,9 +56,9 @@ from tqdm.auto import tqdm
 
 from .. import metrics
 from ..segmentation import import_segment_anything, sam_mask_prompt
-from . import checkpoint as C
 from . import sam as S
 from . import world as W
+from .checkpoint import Checkpoint
 
 
 # =============================================================================== prompts
@@ -536,15 +536,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
 
     Book: ``book/05_grounding.ipynb``.
     """
-    if checkpoint_every < 0:
-        raise ValueError(f"--checkpoint-every {checkpoint_every}: pass a number of steps "
-                         "(0: no checkpoints)")
+    ckpt = Checkpoint(out, asdict(cfg), checkpoint_every)
     torch.set_num_threads(cfg.threads)
-    ckpt = Path(out) / C.CHECKPOINT if out is not None and checkpoint_every else None
-    resume = C.load(ckpt, asdict(cfg)) if ckpt is not None and ckpt.is_file() else None
     sam = S.build_sam(cfg.spec, seed=cfg.seed)
-    if resume is not None:
-        sam.load_state_dict(resume["model"])
+    if ckpt.state is not None:
+        sam.load_state_dict(ckpt.state["model"])
     sam.train()
     decay = [p for n, p in sam.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in sam.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
@@ -564,16 +560,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         "log": [],
         "validation": [],
     }
-    start, run = 0, None
-    if resume is not None:
-        opt.load_state_dict(resume["optimizer"])
-        for key in ("log", "validation", "resumed_at"):
-            if key in resume["report"]:
-                report[key] = resume["report"][key]
-        start, run = resume["step"], resume["run"]
-        report["resumed_at"] = report.get("resumed_at", []) + [start]
-        tqdm.write(f"resuming {ckpt} at step {start} of {cfg.steps}")
-    t0 = time.time() - (resume["elapsed_s"] if resume is not None else 0.0)
+    start, extra = ckpt.resume(opt, report, ("log", "validation"), cfg.steps)
+    run = extra.get("run")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                desc="train_sam", dynamic_ncols=True)
     for step in bar:
@@ -593,22 +581,18 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         bar.set_postfix(loss=f"{run['loss']:.3f}", iou=f"{run['iou_single']:.3f}")
         if step % 10 == 0 or step == cfg.steps - 1:
             report["log"].append({"step": step, "lr": lr_at(step, cfg),
-                                  "elapsed_s": round(time.time() - t0, 1),
+                                  "elapsed_s": round(ckpt.elapsed(), 1),
                                   "prompts": int(len(batch.boxes)),
                                   **{k: round(v, 5) for k, v in cur.items()}})
         last = step == cfg.steps - 1
         if cfg.val_items and (last or (cfg.val_every and step > 0 and step % cfg.val_every == 0)):
-            v = {"step": step + 1, "elapsed_s": round(time.time() - t0, 1), **validate(sam, cfg)}
+            v = {"step": step + 1, "elapsed_s": round(ckpt.elapsed(), 1), **validate(sam, cfg)}
             report["validation"].append(v)
             tqdm.write(f"step {step + 1}: selection mIoU " +
                        "  ".join(f"{k} {v[k]:.4f}" for k, *_ in VALIDATION))
-        if ckpt is not None and not last and (step + 1) % checkpoint_every == 0:
-            C.save(ckpt, {"config": C.jsonable(asdict(cfg)), "step": step + 1,
-                          "elapsed_s": time.time() - t0,
-                          "run": {k: float(v) for k, v in run.items()},
-                          "model": sam.state_dict(), "optimizer": opt.state_dict(),
-                          "report": C.jsonable(report)})
-    report["train_seconds"] = round(time.time() - t0, 1)
+        if ckpt.due(step, cfg.steps):
+            ckpt.save(step + 1, sam, opt, report, run={k: float(v) for k, v in run.items()})
+    report["train_seconds"] = round(ckpt.elapsed(), 1)
     sam.eval()
     if out is not None:
         out = Path(out)
@@ -625,8 +609,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         report["timing"] = timing(refiner)
     if out is not None:
         (out / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
+        ckpt.finish()
     report["sam"] = sam
     return report
 
