@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import MinilocalError
@@ -230,9 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """minilocal's own warnings as one plain line on stderr (no source line); others as
+    Python shows them."""
+    if not category.__module__.startswith("minilocal"):
+        return _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+    text = str(message)
+    print(text if text.startswith("minilocal: ") else f"minilocal: warning: {text}",
+          file=sys.stderr if file is None else file)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except MinilocalError as exc:

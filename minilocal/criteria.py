@@ -110,10 +110,15 @@ def find_elbow(values: Sequence[float] | np.ndarray) -> int:
     n = v.size
     if n < 3 or v[-1] == v[0]:
         return 0
-    x = np.arange(n, dtype=np.float64) / (n - 1)  # [n] in [0, 1]
-    y = (v - v[0]) / (v[-1] - v[0])  # [n] in [0, 1]
-    dist = np.abs(x - y) / np.sqrt(2.0)  # [n] distance to the chord y = x
-    i = int(np.argmax(dist))
+    # Distance to the chord, unscaled: |i (v_last - v_first) - (n - 1)(v_i - v_first)|, i.e.
+    # (n - 1)(v_last - v_first) sqrt(2) times the normalised distance |x_i - y_i| / sqrt(2).
+    # Scaling both axes to [0, 1] first would add rounding that breaks exact ties (issue 15:
+    # [0, 0, 1, 1] gave index 2); the first of the points within a relative 1e-12 of the
+    # largest distance is the elbow.
+    span = v[-1] - v[0]
+    cross = np.abs(np.arange(n, dtype=np.float64) * span - (n - 1) * (v - v[0]))  # [n]
+    dist = cross / ((n - 1) * span * np.sqrt(2.0))  # [n] normalised distance to y = x
+    i = int(np.flatnonzero(cross >= cross.max() * (1 - 1e-12))[0])
     return 0 if dist[i] <= _FLAT_TOL else i
 
 

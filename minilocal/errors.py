@@ -69,6 +69,12 @@ class CacheError(MinilocalError, RuntimeError):
     """A cache folder holds results made with other settings or another model."""
 
 
+class UnknownWordsWarning(UserWarning):
+    """The expression holds words outside the model's vocabulary (a closed one, such as the
+    embedded shapes model's): the model reads them as ``<unk>``, so the box answers a
+    sentence with holes in it. The message lists the words the model knows."""
+
+
 #: Every error type, in the order the "Common errors" page lists them.
 ERRORS: tuple[type[MinilocalError], ...] = (
     ImageError,

@@ -174,7 +174,8 @@ class Grounding:
             when a SAM refines the box; see :mod:`minilocal.segmentation`).
         heads: The heads used.
         geometry: The grid-to-image map used.
-        reason: Why there is no box ("no foreground", "attention map is not finite"), or None.
+        reason: Why there is no box ("no foreground", "no foreground inside the image"
+            when all of it lies in the padding, "attention map is not finite"), or None.
     """
 
     box: np.ndarray | None
@@ -245,6 +246,13 @@ def ground(
         box = None
     else:
         box = geometry.grid_box_to_image(box_grid)
+        if not (box[2] > box[0] and box[3] > box[1]):
+            # Every foreground cell lies in the band that the processor added around the
+            # picture (pad-to-square): clipped to the image the box has no area. The item
+            # gets no box (a miss in Acc@0.5), as a map with no foreground does.
+            reason = reason or ("no foreground inside the image: every cell above the "
+                                "threshold lies in the padding added around the picture")
+            box = None
     return Grounding(
         box=box,
         box_grid=box_grid,

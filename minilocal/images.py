@@ -69,6 +69,12 @@ def load_image(
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise ImageError(
+                f"{str(path)!r} is a directory, not an image file",
+                "give the path of one image file inside it (a JPEG or PNG), e.g. "
+                f"{str(path / 'photo.jpg')!r}.",
+            )
         if not path.is_file():
             raise ImageError(
                 f"image file not found: {str(path)!r}",

@@ -14,14 +14,15 @@ Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.ipynb``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .attention import Method
-from .errors import HeadTableError
+from .errors import HeadTableError, UnknownWordsWarning
 from .grounding import Component, Grounding, Threshold, ground
 from .images import load_image
 from .selection import HeadTable, parse_head
@@ -44,6 +45,8 @@ class Result:
         attn: [L, H, h, w] attention of every head (kept for inspection).
         sam_score: SAM's predicted IoU of its mask, if SAM ran.
         reason: Why there is no box, or None.
+        unknown_words: Words of the expression outside the model's vocabulary (read as
+            ``<unk>``; only a closed vocabulary such as the embedded model's has any).
     """
 
     expr: str
@@ -55,6 +58,7 @@ class Result:
     attn: np.ndarray
     sam_score: float | None = None
     reason: str | None = None
+    unknown_words: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: box, heads, grid, image size, reason."""
@@ -69,6 +73,7 @@ class Result:
             "mask_area": int(self.mask.sum()),
             "sam_score": None if self.sam_score is None else round(float(self.sam_score), 4),
             "reason": self.reason,
+            "unknown_words": list(self.unknown_words),
         }
 
 
@@ -186,6 +191,18 @@ class Grounder:
         """
         image = load_image(image)
         attn, prepared = self.attention(image, expr)
+        unknown = self.adapter.unknown_words(prepared.expr)
+        if unknown:
+            from .adapters.base import known_words
+
+            known = known_words(self.processor)
+            warnings.warn(
+                f"minilocal: this model does not know the word(s) {', '.join(map(repr, unknown))} "
+                f"of {prepared.expr!r}: it reads them as <unk>, so the box may not follow the "
+                "expression. "
+                + (f"Words it knows: {' '.join(known)}." if known else ""),
+                UnknownWordsWarning, stacklevel=2,
+            )
         g = ground(attn, self.heads, prepared.geometry, **self.settings)
         mask, source, score = g.mask, "pseudo", None
         if self.sam is not None and g.box is not None:
@@ -197,5 +214,6 @@ class Grounder:
         return Result(
             expr=prepared.expr, prompt=prepared.prompt, box=g.box, mask=mask,
             mask_source=source, grounding=g, attn=attn, sam_score=score, reason=g.reason,
+            unknown_words=unknown,
         )
 

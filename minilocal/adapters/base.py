@@ -54,6 +54,96 @@ class Prepared:
     expr: str
 
 
+def special_token_strings(processor) -> list[str]:
+    """Every special token of a processor's tokenizer, as text (``<image>``, ``</s>``, ...).
+
+    The tokenizer's named special tokens, its added tokens marked special, and the
+    processor's own placeholders (``image_token``, ``video_token``, ``boi_token`` ...), whatever
+    their tokenizer calls them. White-space-only tokens are left out (an expression's white
+    space is collapsed anyway).
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    found = list(getattr(tok, "all_special_tokens", []) or [])
+    for added in (getattr(tok, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            found.append(str(added.content))
+    for owner in (processor, tok):
+        for name in ("image_token", "video_token", "boi_token", "eoi_token", "image_start_token",
+                     "image_end_token", "fake_image_token", "global_image_token"):
+            value = getattr(owner, name, None)
+            if isinstance(value, str):
+                found.append(value)
+    return sorted({t for t in found if t and t.strip()}, key=lambda t: (-len(t), t))
+
+
+def check_no_special_tokens(expr: str, processor) -> None:
+    """Refuse an expression whose text would give the model one of its special tokens.
+
+    User text must never produce a special token: ``"the <image> red circle"`` would add an
+    image placeholder (the processor then fails on the image-token count) and ``"</s> ..."``
+    an end-of-sequence token that changes what the last token attends to. The check asks
+    the tokenizer itself (an id of a special token among the expression's ids) and, for
+    the message, which special strings the text holds.
+
+    Raises:
+        ExpressionError: Naming the special token(s) found and the fix.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    strings = special_token_strings(processor)
+    inside = [t for t in strings if t in expr]
+    special_ids = set(getattr(tok, "all_special_ids", []) or [])
+    for idx, added in (getattr(tok, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            special_ids.add(int(idx))
+    unk = getattr(tok, "unk_token_id", None)
+    special_ids.discard(unk)
+    if callable(tok):
+        ids = tok(expr, add_special_tokens=False)["input_ids"]
+        produced = [i for i in ids if i in special_ids]
+    else:
+        produced = []
+    if inside or produced:
+        named = inside or [tok.convert_ids_to_tokens(i) for i in produced]
+        raise ExpressionError(
+            f"the expression {expr!r} contains {', '.join(repr(t) for t in named)}: a special "
+            "token of this model's tokenizer (image placeholder, start/end of text or chat "
+            "marker), which user text must not produce",
+            "remove it from the expression (or write it differently, e.g. 'image' without "
+            "the brackets); the image is given separately.",
+        )
+
+
+def unknown_words(expr: str, processor) -> tuple[str, ...]:
+    """The words of ``expr`` that the tokenizer can only read as its unknown token.
+
+    Real LVLM tokenizers (byte-level BPE, SentencePiece with byte fallback) read any text;
+    a closed word-level vocabulary, as the embedded shapes model's, maps every word it does
+    not know to ``<unk>``: the model then grounds a sentence with holes in it.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None or not callable(tok):
+        return ()
+    out = []
+    if getattr(tok, "is_fast", False):  # the exact pieces of text read as <unk>
+        enc = tok(expr, add_special_tokens=False, return_offsets_mapping=True)
+        for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if i == unk:
+                out.append(expr[a:b])
+    else:
+        out = [w for w in expr.split() if unk in tok(w, add_special_tokens=False)["input_ids"]]
+    return tuple(dict.fromkeys(out))
+
+
+def known_words(processor, limit: int = 300) -> list[str]:
+    """The alphabetic words of a tokenizer's vocabulary (for messages about unknown words;
+    None when the vocabulary is larger than ``limit``, i.e. an open one)."""
+    tok = getattr(processor, "tokenizer", processor)
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    words = sorted(w for w in vocab if w.isalpha())
+    return words if len(words) <= limit else None
+
+
 _REGISTRY: dict[str, type[Adapter]] = {}
 
 
@@ -133,6 +223,21 @@ class Adapter(ABC):
                    or self.family)
 
     # ------------------------------------------------------------------ prompt
+    def normalize(self, expr: str) -> str:
+        """The expression as it goes into the prompt: :func:`normalize_expression`, then
+        refused if it holds a special token of this model (:func:`check_no_special_tokens`).
+
+        Raises:
+            ExpressionError: Empty expression, or one holding a special token.
+        """
+        text = normalize_expression(expr)
+        check_no_special_tokens(text, self.processor)
+        return text
+
+    def unknown_words(self, expr: str) -> tuple[str, ...]:
+        """Words of ``expr`` outside this model's vocabulary (:func:`unknown_words`)."""
+        return unknown_words(expr, self.processor)
+
     @abstractmethod
     def build_prompt(self, expr: str) -> str:
         """The prompt string around an already normalised expression."""

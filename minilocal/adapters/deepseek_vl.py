@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 
 from ..errors import ModelNotSupportedError
 from ..images import load_image
-from .base import Adapter, Prepared, normalize_expression, register_adapter
+from .base import Adapter, Prepared, register_adapter
 from .common import placed_geometry, resolve_template
 
 DEEPSEEK_VL_TEMPLATE = "User: {image}\n{expr}"
@@ -100,7 +100,7 @@ class DeepseekVLAdapter(Adapter):
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
-        expr = normalize_expression(expr)
+        expr = self.normalize(expr)
         prompt = self.build_prompt(expr)
         inputs = self.processor(images=image, text=prompt, return_tensors="pt")
         ids = inputs["input_ids"]  # [1, T]

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 
 from ..geometry import Geometry
 from ..images import load_image
-from .base import Adapter, Prepared, normalize_expression, register_adapter
+from .base import Adapter, Prepared, register_adapter
 from .common import resolve_template
 
 GEMMA3_TEMPLATE = "<start_of_turn>user\n{image}\n{expr}"
@@ -61,7 +61,7 @@ class Gemma3Adapter(Adapter):
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
-        expr = normalize_expression(expr)
+        expr = self.normalize(expr)
         prompt = self.build_prompt(expr)
         inputs = self.processor(
             images=image, text=prompt, return_tensors="pt", do_pan_and_scan=False

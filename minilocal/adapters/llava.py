@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 from ..errors import InputError
 from ..geometry import Geometry
 from ..images import load_image
-from .base import Adapter, Prepared, normalize_expression, register_adapter
+from .base import Adapter, Prepared, register_adapter
 
 #: System sentence of LLaVA's ``conv_vicuna_v1`` / ``conv_llava_v1`` templates.
 LLAVA_SYSTEM = (
@@ -120,7 +120,7 @@ class LlavaAdapter(Adapter):
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
-        expr = normalize_expression(expr)
+        expr = self.normalize(expr)
         prompt = self.build_prompt(expr)
         ip = self.processor.image_processor
         steps = processor_steps(ip)

@@ -38,7 +38,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from ..errors import InputError, ModelNotSupportedError
 from ..images import load_image
-from .base import Adapter, Prepared, normalize_expression, register_adapter
+from .base import Adapter, Prepared, register_adapter
 from .common import expect_count, placed_geometry, resolve_template
 
 GridSource = Literal["base", "highres"]
@@ -174,7 +174,7 @@ class LlavaNextAdapter(Adapter):
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
-        expr = normalize_expression(expr)
+        expr = self.normalize(expr)
         prompt = self.build_prompt(expr)
         inputs = self.processor(images=image, text=prompt, return_tensors="pt")
         ids = inputs["input_ids"]  # [1, T]

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 
 from ..geometry import Geometry
 from ..images import load_image
-from .base import Adapter, Prepared, normalize_expression, register_adapter
+from .base import Adapter, Prepared, register_adapter
 from .common import resolve_template
 
 QWEN_TEMPLATE = (
@@ -89,7 +89,7 @@ class QwenVLAdapter(Adapter):
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
-        expr = normalize_expression(expr)
+        expr = self.normalize(expr)
         prompt = self.build_prompt(expr)
         inputs = self.processor(
             images=image, text=prompt, return_tensors="pt", **self.image_kwargs

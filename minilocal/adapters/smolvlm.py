@@ -38,7 +38,7 @@ from transformers import PreTrainedModel
 from ..errors import ImageTokensNotFoundError, InputError
 from ..geometry import Geometry
 from ..images import load_image
-from .base import Adapter, Prepared, normalize_expression, register_adapter
+from .base import Adapter, Prepared, register_adapter
 from .common import resolve_template
 
 GridSource = Literal["global", "tiles"]
@@ -90,7 +90,7 @@ class SmolVLMAdapter(Adapter):
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
-        expr = normalize_expression(expr)
+        expr = self.normalize(expr)
         prompt = self.build_prompt(expr)
         inputs = self.processor(images=image, text=prompt, return_tensors="pt")
         inputs.pop("rows", None), inputs.pop("cols", None)
