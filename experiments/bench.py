@@ -1,3 +1,4 @@
+"""Cost of one train step of a LLaVA-shaped toy (experiments/LOG.md section 1)."""
 import time, sys, torch
 torch.set_num_threads(1)
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration

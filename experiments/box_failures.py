@@ -1,4 +1,4 @@
-"""Why a head's box misses (experiments/LOG.md section 12).
+"""Why a head's box misses (experiments/LOG.md sections 12 and 13).
 
 Usage: python experiments/box_failures.py MODEL HEADS [N]
   HEADS: e.g. L2H5 or L1H3,L2H5 (their maps are summed, as the pipeline does).

@@ -1,4 +1,4 @@
-"""Shared by the diagnostic scripts lookup_diag.py and synth_lookup.py (LOG sections 9-11).
+"""Shared by lookup_diag.py and synth_lookup.py (experiments/LOG.md sections 9, 11 and 12).
 
 Both take ``OUT IMAGE_SIZE STEPS [FLAGS...]``, train the 4-layer model with patch-init
 std 0.2, and print the probes at the end.

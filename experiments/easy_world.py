@@ -1,4 +1,4 @@
-"""Diagnostic: train on an EASY shapes world (no relations, no distractors, no twins).
+"""Train on an EASY shapes world: no relations, distractors or twins (experiments/LOG.md section 8).
 
 Usage: python experiments/easy_world.py OUT IMAGE_SIZE STEPS [mimetic|aligned|plain] [hard] [2threads]
 

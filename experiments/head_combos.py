@@ -1,4 +1,4 @@
-"""Acc@0.5 of combinations of a model's heads on SELECTION items (a diagnostic).
+"""Acc@0.5 of combinations of a model's heads on SELECTION items (experiments/LOG.md section 13).
 
     python experiments/head_combos.py MODEL HEADS [START N]
 

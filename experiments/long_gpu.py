@@ -1,3 +1,4 @@
+"""Longer GPU trainings: long_gpu.py A|Alr|B|Ab32 (experiments/LOG.md section 2, "Longer runs")."""
 import sys, time, torch
 from dataclasses import replace
 sys.path.insert(0, ".")

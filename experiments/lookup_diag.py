@@ -1,4 +1,4 @@
-"""Diagnostics of the referent lookup at the last position (experiments/LOG.md section 9).
+"""The referent lookup at the last position (experiments/LOG.md sections 9, 11 and 12).
 
 Usage: python experiments/lookup_diag.py OUT IMAGE_SIZE STEPS [FLAGS...]
 

@@ -1,4 +1,4 @@
-"""Oracle: Acc@0.5 of the paper's default box step on the GT mask pooled to the grid."""
+"""Oracle Acc@0.5 (GT mask pooled to the grid, default box step): experiments/LOG.md section 1."""
 import sys, numpy as np, time
 from dataclasses import replace
 from minilocal.toy import world as W

@@ -1,3 +1,4 @@
+"""Oracle Acc@0.5 of the chosen world at grid 24 (experiments/LOG.md section 1, last row)."""
 import sys, numpy as np, collections
 from minilocal.toy import world as W
 from minilocal.geometry import Geometry

@@ -1,4 +1,4 @@
-"""Heads that park on a spot vs heads on the referent (LOG section 11).
+"""Heads that park on a spot vs heads on the referent (experiments/LOG.md section 11).
 
 Usage: python experiments/park_heads.py MODEL_DIR L0H4,L0H0,L2H5 [N]
 

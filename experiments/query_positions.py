@@ -1,4 +1,4 @@
-"""Is the referent looked up at an EARLIER token than the last one? (LOG section 11)
+"""Is the referent looked up at an EARLIER token than the last? (experiments/LOG.md section 11)
 
 Usage: python experiments/query_positions.py MODEL_DIR [N]
 

@@ -1,5 +1,7 @@
-"""Design sweep for the shapes LVLM on a GPU (device tool): train variants in parallel,
-then run the paper's head search (selection split) and held-out figures for each.
+"""Design sweep for the shapes LVLM on a GPU, the sweep table (experiments/LOG.md section 2).
+
+Trains variants in parallel (device tool), then runs the paper's head search (selection
+split) and the held-out figures for each.
 
 usage: python experiments/sweep_gpu.py OUT_DIR NAME [NAME ...]   (one process per NAME)
 Each variant writes OUT_DIR/NAME.json (training probes + held-out report) and its model.

@@ -1,4 +1,4 @@
-"""Does the referent lookup emerge when image tokens ARE word embeddings? (LOG section 11)
+"""Does the lookup emerge when image tokens ARE word embeddings? (experiments/LOG.md section 11)
 
 Usage: python experiments/synth_lookup.py OUT IMAGE_SIZE STEPS [FLAGS...]
 

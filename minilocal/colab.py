@@ -16,8 +16,9 @@ module writes, found by their cell id:
 The published repository has one source of truth, :data:`minilocal.exercises.REPOSITORY`
 and :data:`minilocal.exercises.RELEASE_TAG`. The exercise and solution notebooks
 (``python -m minilocal.exercises``) carry the same install cell and badge, from
-:func:`install_cell_source` and :func:`colab_url`. Once ``REPOSITORY`` is set, rewrite
-both kinds of notebook and commit them (a test fails when they are stale)::
+:func:`install_cell_source` and :func:`colab_url` (defined in :mod:`minilocal.exercises`,
+which this module builds on, and imported here). Once ``REPOSITORY`` is set, rewrite both
+kinds of notebook and commit them (a test fails when they are stale)::
 
     python -m minilocal.colab            # write
     python -m minilocal.colab --check    # exit 1 if a notebook's Colab cells are stale
@@ -36,27 +37,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import exercises
+from .exercises import BADGE, colab_url, install_cell_source
+from .exercises import EXTRAS as EXTRAS  # re-exported: part of the Colab cells' vocabulary
 
 #: The notebooks with Colab cells, relative to the repository root.
 NOTEBOOK_GLOBS = ("notebooks/colab/*.ipynb", "notebooks/colab_llava15_refcoco.ipynb")
 #: Cell ids of the two cells this module writes.
 OPEN_CELL, INSTALL_CELL = "colab-open", "colab-install"
-#: Extras installed on Colab: SAM, the RefCOCO readers, plotly and ipywidgets.
-EXTRAS = "sam,data,viz"
-BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
-
-
-def colab_url(path: str) -> str | None:
-    """The URL that opens ``path`` (a notebook, relative to the repository root) in Colab.
-
-    None while :data:`minilocal.exercises.REPOSITORY` is None (not published yet).
-
-    Book: ``book/06_your_model.ipynb``.
-    """
-    if not exercises.REPOSITORY:
-        return None
-    return (f"https://colab.research.google.com/github/{exercises.REPOSITORY}/blob/"
-            f"{exercises.RELEASE_TAG}/{path}")
 
 
 def open_cell_source(path: str, chapter: str) -> str:
@@ -82,33 +69,6 @@ def open_cell_source(path: str, chapter: str) -> str:
         "",
         f"The badge opens this notebook in Colab; {gpu}. The book chapter behind it:",
         f"[`{chapter}`]({chapter_url}).",
-    ])
-
-
-def install_cell_source() -> str:
-    """Python source of the ``colab-install`` cell (does nothing outside Colab).
-
-    Book: ``book/06_your_model.ipynb``.
-    """
-    head = f"# Colab only: install minilocal with its extras ({EXTRAS}), once per session.\n"
-    if exercises.REPOSITORY:
-        spec = f"minilocal[{EXTRAS}] @ git+https://github.com/{exercises.REPOSITORY}@{exercises.RELEASE_TAG}"
-        return (head + "import sys\n\nif \"google.colab\" in sys.modules:\n"
-                f"    %pip install -q \"{spec}\"")
-    return head + "\n".join([
-        "import os",
-        "import subprocess",
-        "import sys",
-        "",
-        "if \"google.colab\" in sys.modules:",
-        "    repo = os.environ.get(\"MINILOCAL_REPO\")  # \"owner/name\" (not published yet)",
-        "    if repo:",
-        "        subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",",
-        f"                        f\"minilocal[{EXTRAS}] @ git+https://github.com/{{repo}}\"], check=True)",
-        "    else:",
-        "        print(\"minilocal is not installed by this cell: set os.environ['MINILOCAL_REPO'] = \"",
-        "              \"'owner/name' and run it again, or run\\n\"",
-        f"              \"  pip install 'minilocal[{EXTRAS}] @ git+https://github.com/OWNER/minilocal'\")",
     ])
 
 

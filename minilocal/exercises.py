@@ -37,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 
 TAG_SETUP = "ex-setup"
 TAG_TEXT = "ex-text"
@@ -57,11 +57,55 @@ HEADER_FIELDS = ("Difficulty", "Importance", "Time", "Learning objective")
 
 #: GitHub "owner/name" of the public repository, for the Colab badge and install line of
 #: the generated notebooks. None: not published yet, so no badge, and the install cell
-#: (:func:`minilocal.colab.install_cell_source`) reads the repository from the environment
+#: (:func:`install_cell_source`) reads the repository from the environment
 #: variable ``MINILOCAL_REPO``.
 REPOSITORY: str | None = None
 #: The release tag the Colab install line pins.
 RELEASE_TAG = f"v{__version__}"
+
+#: Extras installed on Colab: SAM, the RefCOCO readers, plotly and ipywidgets.
+EXTRAS = "sam,data,viz"
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def colab_url(path: str) -> str | None:
+    """The URL that opens ``path`` (a notebook, relative to the repository root) in Colab.
+
+    None while :data:`REPOSITORY` is None (not published yet).
+
+    Book: ``book/06_your_model.ipynb``.
+    """
+    if not REPOSITORY:
+        return None
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/{RELEASE_TAG}/{path}"
+
+
+def install_cell_source() -> str:
+    """Python source of the ``colab-install`` cell (does nothing outside Colab).
+
+    Book: ``book/06_your_model.ipynb``.
+    """
+    head = f"# Colab only: install minilocal with its extras ({EXTRAS}), once per session.\n"
+    if REPOSITORY:
+        spec = f"minilocal[{EXTRAS}] @ git+https://github.com/{REPOSITORY}@{RELEASE_TAG}"
+        return (head + "import sys\n\nif \"google.colab\" in sys.modules:\n"
+                f"    %pip install -q \"{spec}\"")
+    return head + "\n".join([
+        "import os",
+        "import subprocess",
+        "import sys",
+        "",
+        "if \"google.colab\" in sys.modules:",
+        "    repo = os.environ.get(\"MINILOCAL_REPO\")  # \"owner/name\" (not published yet)",
+        "    if repo:",
+        "        subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",",
+        f"                        f\"minilocal[{EXTRAS}] @ git+https://github.com/{{repo}}\"], check=True)",
+        "    else:",
+        "        print(\"minilocal is not installed by this cell: set os.environ['MINILOCAL_REPO'] = \"",
+        "              \"'owner/name' and run it again, or run\\n\"",
+        f"              \"  pip install 'minilocal[{EXTRAS}] @ git+https://github.com/OWNER/minilocal'\")",
+    ])
+
 
 _KINDS = {
     "exercises": (TAG_SETUP, TAG_TEXT, TAG_STUB, TAG_CHECK),
@@ -147,8 +191,6 @@ def _clean(cell):
 def _header_cells(nb, stem: str, kind: str):
     import nbformat
 
-    from . import colab  # colab imports this module: import here
-
     title = chapter_title(nb)
     other = "solutions" if kind == "exercises" else "exercises"
     if kind == "exercises":
@@ -165,12 +207,12 @@ def _header_cells(nb, stem: str, kind: str):
         f"The {other} are in `notebooks/{other}/{stem}.ipynb`. This notebook is generated from "
         "the chapter by `python -m minilocal.exercises`: edit the chapter, not this file.",
     ]
-    url = colab.colab_url(f"notebooks/{kind}/{stem}.ipynb")
+    url = colab_url(f"notebooks/{kind}/{stem}.ipynb")
     if url:
-        lines += ["", f"[![Open In Colab]({colab.BADGE})]({url})"]
-    # The same guarded install cell as the Colab notebooks (one source: minilocal.colab).
+        lines += ["", f"[![Open In Colab]({BADGE})]({url})"]
+    # The same guarded install cell as the Colab notebooks (minilocal.colab uses it too).
     return [nbformat.v4.new_markdown_cell("\n".join(lines), id=f"{kind}-header"),
-            nbformat.v4.new_code_cell(colab.install_cell_source(), id=f"{kind}-install")]
+            nbformat.v4.new_code_cell(install_cell_source(), id=f"{kind}-install")]
 
 
 def split_notebook(nb, stem: str) -> dict[str, object]:

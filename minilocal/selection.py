@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .criteria import (
     _FOREGROUND,
     _STRUCTURE_2D,

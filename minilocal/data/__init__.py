@@ -5,8 +5,8 @@ files or from the jxu124 / lmms-lab parquet copies; :func:`refcoco_sample` downl
 small sample of a split (annotations and only the images it uses) for the Colab notebooks.
 """
 
+from ..items import GroundingDataset, GroundingItem
 from .download import download_refcoco_annotations, fetch_coco_images, refcoco_sample
-from .items import GroundingDataset, GroundingItem
 from .parquet import ParquetImages, load_jxu124, load_lmms_lab
 from .refcoco import detect_source, load_refcoco
 from .refer import decode_segmentation, load_refer, read_refs_pickle

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, MinilocalError, SamError
-from .items import GroundingDataset
+from ..items import GroundingDataset
 from .parquet import JXU124_FILE_SPLITS, JXU124_REPOS, _pyarrow_parquet, load_jxu124, parquet_files
 from .refer import DEFAULT_SPLIT_BY, canonical_dataset, check_split
 

@@ -81,7 +81,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 from ..images import load_image
-from .items import GroundingDataset, GroundingItem
+from ..items import GroundingDataset, GroundingItem
 from .refer import (
     COCO_FILE_NAME,
     DEFAULT_SPLIT_BY,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import DatasetError
-from .items import GroundingDataset
+from ..items import GroundingDataset
 from .parquet import (
     JXU124_REPOS,
     LMMS_REPOS,

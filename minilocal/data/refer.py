@@ -50,7 +50,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 from ..images import load_image
-from .items import GroundingDataset, GroundingItem
+from ..items import GroundingDataset, GroundingItem
 
 #: The three datasets, by their minilocal names.
 DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog")

@@ -158,7 +158,7 @@ def build_sam(spec: SamSpec = SamSpec(), seed: int = 0):
 
     Book: ``book/05_grounding.ipynb``.
     """
-    from ..segmentation import import_segment_anything
+    from ..torchvision_shim import import_segment_anything
 
     spec.check()
     m = import_segment_anything().modeling

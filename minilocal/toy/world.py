@@ -30,8 +30,8 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..data import GroundingDataset, GroundingItem
 from ..errors import DatasetError
+from ..items import GroundingDataset, GroundingItem
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),
