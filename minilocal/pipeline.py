@@ -219,10 +219,23 @@ class Grounder:
         g = ground(attn, self.heads, prepared.geometry, **self.settings)
         mask, source, score = g.mask, "pseudo", None
         if self.sam is not None and g.box is not None:
-            ref = self.sam.refine(
-                image, g.box, mask_prompt=g.mask if self.mask_prompt else None,
-                multimask=self.multimask,
-            )
+            try:
+                ref = self.sam.refine(
+                    image, g.box, mask_prompt=g.mask if self.mask_prompt else None,
+                    multimask=self.multimask,
+                )
+            except MinilocalError:
+                raise
+            except Exception as err:  # e.g. an image so thin that SAM's resize gives 0 px
+                w, h = image.size
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise SamError(
+                    f"SAM could not refine the box on this {w}x{h} image "
+                    f"({type(err).__name__}: {first})",
+                    "SAM resizes the longest side to its input size: an image this elongated "
+                    f"(aspect {max(w, h) / min(w, h):.0f}:1) is too thin for it; crop or pad it, "
+                    "or run without --sam (the pseudo mask is then the mask).",
+                ) from err
             mask, source, score = ref.mask, "sam", ref.score
         return Result(
             expr=prepared.expr, prompt=prepared.prompt, box=g.box, mask=mask,
