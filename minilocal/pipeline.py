@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from .attention import Method
-from .expressions import check_expression
 from .errors import HeadTableError, InputError, MinilocalError, SamError
+from .expressions import check_expression
 from .grounding import Component, Grounding, Threshold, ground
 from .images import MAX_PIXELS, load_image
 from .selection import HeadTable, parse_head

@@ -1,23 +1,43 @@
-"""Every bad input that issue 3 lists gets a clear error naming the fix, or a stated rule."""
+"""Every bad input that issues 3 and 19 list gets a clear error naming the fix, or a stated rule."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import refcoco_fixtures as F
+import torch
 from PIL import Image
 
 from minilocal.adapters import get_adapter
+from minilocal.cli import main
 from minilocal.criteria import spatial_entropy
+from minilocal.data import GroundingDataset, GroundingItem
 from minilocal.errors import (
+    CacheError,
     ExpressionError,
     HeadTableError,
     ImageError,
     ImageTokensNotFoundError,
+    InputError,
     ModelNotSupportedError,
+    SamError,
 )
+from minilocal.evaluation import evaluate, read_predictions
+from minilocal.expressions import check_expression
 from minilocal.geometry import Geometry
 from minilocal.grounding import ground
 from minilocal.images import ImageConversionWarning, load_image
+from minilocal.models import SHAPES_FOLDER, load_model
 from minilocal.pipeline import Grounder
-from minilocal.selection import HeadTable
+from minilocal.provenance import model_fingerprint, state_dict_digest
+from minilocal.selection import HeadTable, find_heads
 
 
 def _rgb(w=40, h=30):
@@ -145,27 +165,6 @@ def test_nan_or_all_zero_maps_stay_defined(fill):
 # ----------------------------------------------------------------------------------------
 # Issue 19: nothing stale, nothing overwritten, no traceback
 # ----------------------------------------------------------------------------------------
-
-import copy  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import refcoco_fixtures as F  # noqa: E402
-import torch  # noqa: E402
-
-from minilocal.cli import main  # noqa: E402
-from minilocal.data import GroundingDataset, GroundingItem  # noqa: E402
-from minilocal.errors import CacheError, InputError, SamError  # noqa: E402
-from minilocal.evaluation import evaluate, read_predictions  # noqa: E402
-from minilocal.expressions import check_expression  # noqa: E402
-from minilocal.models import SHAPES_FOLDER, load_model  # noqa: E402
-from minilocal.provenance import model_fingerprint, state_dict_digest  # noqa: E402
-from minilocal.selection import find_heads  # noqa: E402
-
 
 def _swap_heads(folder: Path, layer: int = 3, a: int = 0, b: int = 1, head_dim: int = 16):
     """Rewrite a shapes-model folder with heads a and b of one layer exchanged."""
@@ -640,8 +639,11 @@ def test_a_shapes_draw_renders_only_the_items_it_draws(monkeypatch):
 
     rendered = []
     real = world.shapes_item
-    monkeypatch.setattr(world, "shapes_item", lambda s, i, c=world.WorldConfig():
-                        rendered.append(i) or real(s, i, c))
+    def counting(split, index, cfg):
+        rendered.append(index)
+        return real(split, index, cfg)
+
+    monkeypatch.setattr(world, "shapes_item", counting)
     data = load_dataset("shapes", "selection")
     draw = data.sample(5, 0)
     assert len(data) == 1000 and len(rendered) == 5
@@ -652,7 +654,7 @@ def test_bad_arguments_are_refused_before_the_model_stack_is_imported(tmp_path):
     code = ("import sys; from minilocal.cli import main; "
             "rc = main(['ground', 'missing.png', 'the dog']); "
             "print(rc, 'transformers' in sys.modules, 'torch' in sys.modules)")
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"], proc.stderr[-2000:]
