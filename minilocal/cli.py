@@ -8,7 +8,10 @@
 heads; pseudo mask, hull and box; final mask). ``find-heads`` runs the head search
 (selection frequency) and writes a head table; ``eval`` grounds a whole split, writes one
 JSON line per expression and prints Acc@0.5, mIoU and cIoU. Both resume after an
-interruption, and both shard their items over processes under ``accelerate launch``.
+interruption (Ctrl-C prints the command that resumes), both key what they reuse on a hash
+of the model's weights, and both shard their items over processes under ``accelerate
+launch``. Arguments and paths are checked before the model stack is imported; no command
+overwrites its input or (without ``--force``) an existing output.
 
 Book: ``book/06_your_model.ipynb``.
 """
