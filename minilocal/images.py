@@ -11,6 +11,7 @@ Book: ``book/01_attention.ipynb`` (inputs).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(arr.round().astype(np.uint8), mode="L")
 
 
+def _refuse_url(image) -> None:
+    """A URL is not a file: say so, rather than "not found" with a slash dropped."""
+    if isinstance(image, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", image.strip()):
+        raise ImageError(
+            f"{image!r} is a URL; minilocal reads local files only",
+            "download it first (e.g. `curl -o photo.jpg URL` or `wget URL`) and give the "
+            "file's path, or open it yourself and pass a PIL.Image.",
+        )
+
+
+def _first_frame(image: Image.Image) -> Image.Image:
+    image.seek(0)
+    return image.copy()
+
+
 def load_image(
     image: str | os.PathLike | Image.Image,
     *,
@@ -67,6 +83,7 @@ def load_image(
 
     Book: ``book/01_attention.ipynb``.
     """
+    _refuse_url(image)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if path.is_dir():
@@ -125,6 +142,11 @@ def load_image(
         warnings.warn(f"minilocal: {reason}", ImageConversionWarning, stacklevel=3)
         return fn()
 
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    if frames > 1:
+        src = image
+        image = convert(f"image has {frames} frames (animated or multi-page); the first "
+                        "frame is used", lambda: _first_frame(src))
     orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
     if orientation not in (None, 1):
         image = convert(

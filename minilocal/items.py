@@ -62,7 +62,8 @@ class GroundingDataset(Sequence):
     """
 
     def __init__(self, items: Sequence[GroundingItem], name: str = ""):
-        self.items = list(items)
+        # a lazy sequence (shapes: each item rendered on first access) stays lazy
+        self.items = items if getattr(items, "lazy", False) else list(items)
         self.name = name
 
     def __len__(self) -> int:

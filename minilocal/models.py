@@ -215,7 +215,17 @@ def load_model(
     path = resolve_model(name_or_path)
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    config = AutoConfig.from_pretrained(path, revision=revision)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        where = "folder" if Path(path).is_dir() else "hub id"
+        raise InputError(
+            f"cannot read the model config of {str(name_or_path)!r} ({where}): "
+            f"{_first_line(err)}",
+            "give a folder written by save_pretrained (with a valid config.json) or a hub id "
+            "that exists; without internet, download the model first (`hf download ID`) or "
+            "set HF_HUB_OFFLINE=1 to use the local cache only.",
+        ) from err
     if config.model_type not in registered_model_types():
         raise ModelNotSupportedError(
             f"{str(name_or_path)!r} is a {config.model_type!r} model, which minilocal has no "
@@ -237,13 +247,46 @@ def load_model(
     if direct:
         kwargs.update(device_map={"": device})
     with oom_guard(f"loading {path}"):
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            raise _weights_error(name_or_path, path, err) from err
+        except Exception as err:  # e.g. pickle.UnpicklingError from a .bin file
+            if type(err).__module__.split(".")[0] in ("pickle", "_pickle", "safetensors"):
+                raise _weights_error(name_or_path, path, err) from err
+            raise
         if not direct:
             model = model.to(device)
     model.eval()
-    processor = AutoProcessor.from_pretrained(path, revision=revision)
+    try:
+        processor = AutoProcessor.from_pretrained(path, revision=revision)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            f"cannot load the processor of {str(name_or_path)!r}: {_first_line(err)}",
+            "save the processor beside the model (processor.save_pretrained(folder)), or "
+            "give the hub id the model came from.",
+        ) from err
     adapter = get_adapter(model, processor, **adapter_kwargs)
     return model, processor, adapter
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _weights_error(name, path, err: BaseException) -> InputError:
+    pickled = Path(path).is_dir() and not any(Path(path).glob("*.safetensors")) and \
+        any(Path(path).glob("*.bin"))
+    fix = ("this folder holds pickle weights (*.bin) only: convert them to safetensors "
+           "(load them once in a trusted session and call model.save_pretrained(folder), "
+           "which writes model.safetensors)" if pickled else
+           "check that the folder holds the weights save_pretrained wrote (model.safetensors) "
+           "and is readable, or that the hub id exists")
+    return InputError(f"cannot load the weights of {str(name)!r}: {_first_line(err)}",
+                      fix + ".")
 
 
 def published_heads(model_id: str) -> Path | None:

@@ -13,6 +13,7 @@ Book: ``book/05_grounding.ipynb`` and ``book/06_your_model.ipynb``.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from .attention import Method
-from .errors import HeadTableError, UnknownWordsWarning
+from .errors import HeadTableError, InputError, MinilocalError, SamError, UnknownWordsWarning
+from .expressions import check_expression
 from .grounding import Component, Grounding, Threshold, ground
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 from .selection import HeadTable, parse_head
 
 #: File name of the head table shipped inside a model folder.
@@ -90,6 +92,7 @@ class Grounder:
         sigma, threshold, component: Step-4 settings (see :func:`minilocal.grounding.ground`).
         mask_prompt: Also give SAM the pseudo mask as a low-resolution mask prompt.
         multimask: Let SAM propose three masks and keep the best-scoring one.
+        max_pixels: Largest image accepted (W * H; :func:`minilocal.images.load_image`).
     """
 
     def __init__(
@@ -105,7 +108,16 @@ class Grounder:
         component: Component = "all",
         mask_prompt: bool = False,
         multimask: bool = False,
+        max_pixels: int = MAX_PIXELS,
     ):
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
+                or not math.isfinite(sigma) or sigma < 0:
+            raise InputError(f"sigma must be a finite number >= 0, got {sigma!r}",
+                             "use sigma=1.0 (paper: one grid cell), or 0 for no smoothing.")
+        if int(max_pixels) != max_pixels or max_pixels < 1:
+            raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}",
+                             f"use e.g. max_pixels={MAX_PIXELS} (the default).")
+        self.max_pixels = int(max_pixels)
         self.model, self.processor, self.adapter = model, processor, adapter
         if isinstance(heads, HeadTable):
             heads.check_model(adapter.num_layers, adapter.num_heads, model_id=adapter.model_id())
@@ -123,6 +135,13 @@ class Grounder:
                         "use heads found for this model (minilocal find-heads), with 0-based "
                         "layer and head indices.",
                     )
+            dup = next((h for i, h in enumerate(self.heads) if h in self.heads[:i]), None)
+            if dup is not None:
+                raise HeadTableError(
+                    f"head L{dup[0]}H{dup[1]} is listed twice",
+                    "list each head once (a repeated head would count twice in the combined "
+                    "map).",
+                )
         if not self.heads:
             raise HeadTableError("no heads given", "pass a head table or at least one head.")
         self.sam = sam
@@ -176,7 +195,17 @@ class Grounder:
         if sam is not None:
             from .segmentation import load_sam
 
-            refiner = load_sam(sam_backend, sam, model_type=sam_model_type, device=device)
+            try:
+                refiner = load_sam(sam_backend, sam, model_type=sam_model_type, device=device)
+            except MinilocalError:
+                raise
+            except Exception as err:  # unreadable folder or file, wrong format ...
+                raise SamError(
+                    f"cannot load SAM from {str(sam)!r} ({type(err).__name__}: "
+                    f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})",
+                    "give a readable segment-anything .pth checkpoint (with --sam-model-type), "
+                    "a transformers SAM folder or id (--sam-backend transformers), or 'shapes'.",
+                ) from err
         return cls(mdl, processor, adapter, heads, refiner, **kwargs)
 
     # ------------------------------------------------------------------ steps
@@ -189,7 +218,8 @@ class Grounder:
 
         Book: ``book/05_grounding.ipynb``.
         """
-        image = load_image(image)
+        image = load_image(image, max_pixels=self.max_pixels)
+        check_expression(expr)
         attn, prepared = self.attention(image, expr)
         unknown = self.adapter.unknown_words(prepared.expr)
         if unknown:
@@ -206,10 +236,23 @@ class Grounder:
         g = ground(attn, self.heads, prepared.geometry, **self.settings)
         mask, source, score = g.mask, "pseudo", None
         if self.sam is not None and g.box is not None:
-            ref = self.sam.refine(
-                image, g.box, mask_prompt=g.mask if self.mask_prompt else None,
-                multimask=self.multimask,
-            )
+            try:
+                ref = self.sam.refine(
+                    image, g.box, mask_prompt=g.mask if self.mask_prompt else None,
+                    multimask=self.multimask,
+                )
+            except MinilocalError:
+                raise
+            except Exception as err:  # e.g. an image so thin that SAM's resize gives 0 px
+                w, h = image.size
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise SamError(
+                    f"SAM could not refine the box on this {w}x{h} image "
+                    f"({type(err).__name__}: {first})",
+                    "SAM resizes the longest side to its input size: an image this elongated "
+                    f"(aspect {max(w, h) / min(w, h):.0f}:1) is too thin for it; crop or pad it, "
+                    "or run without --sam (the pseudo mask is then the mask).",
+                ) from err
             mask, source, score = ref.mask, "sam", ref.score
         return Result(
             expr=prepared.expr, prompt=prepared.prompt, box=g.box, mask=mask,

@@ -313,6 +313,12 @@ class HeadTable:
                     f"{self.num_layers} layers x {self.num_heads} heads",
                     "use 0-based (layer, head) numbers within the model's shape.",
                 )
+            if (layer, h) in heads:
+                raise HeadTableError(
+                    f"head {format_head((layer, h))} is listed twice",
+                    "list each head once (a repeated head would count twice in the "
+                    "combined map).",
+                )
             heads.append((layer, h))
         self.heads = heads
         if self.frequencies is not None:
@@ -322,6 +328,15 @@ class HeadTable:
                     f"frequencies have shape {self.frequencies.shape}, the table says "
                     f"{self.num_layers} x {self.num_heads}",
                     "store one frequency per (layer, head) of the model.",
+                )
+            bad = ~np.isfinite(self.frequencies) | (self.frequencies < 0)
+            if bad.any():
+                layer, h = (int(v) for v in np.argwhere(bad)[0])
+                raise HeadTableError(
+                    f"frequency of {format_head((layer, h))} is "
+                    f"{self.frequencies[layer, h]!r}; frequencies are percentages >= 0",
+                    "store finite frequencies (0 for a head never selected), or "
+                    "frequencies=None when they were not measured.",
                 )
         if self.source not in _SOURCES:
             raise HeadTableError(f"unknown source {self.source!r}", f"use one of {list(_SOURCES)}.")
@@ -561,6 +576,12 @@ def item_scores(
     )
 
 
+def _reason(err: BaseException) -> str:
+    """One line saying why an item failed: the error's type and first line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "x"
 
@@ -652,6 +673,7 @@ def find_heads(
     model_id: str = "",
     revision: str | None = None,
     prompt_template: str | None = None,
+    fingerprint: dict[str, Any] | None = None,
     notes: str = "",
     shard: tuple[int, int] | None = None,
 ) -> HeadTable | None:
@@ -665,10 +687,17 @@ def find_heads(
     heads are chosen.
 
     With ``cache_dir``, each item's scores are written atomically as soon as they are
-    computed, in a folder keyed by (model_id, revision, prompt_template, entropy method and
-    its parameters); a re-run skips cached items, so an interrupted run resumes and gives
-    the same table as an uninterrupted one. Anything else that changes ``attention_fn``'s
-    output must be reflected in ``model_id`` or ``prompt_template``.
+    computed, in a folder keyed by (model_id, revision, prompt_template, fingerprint,
+    entropy method and its parameters); a re-run skips cached items, so an interrupted run
+    resumes and gives the same table as an uninterrupted one. Pass ``fingerprint`` (from
+    :func:`minilocal.provenance.model_fingerprint`: a hash of the weights, dtype,
+    quantization): two models with one id then never share cached scores. Anything else
+    that changes ``attention_fn``'s output must be reflected in one of these.
+
+    An item whose ``attention_fn`` raises (an unreadable image, an expression the model
+    refuses) is skipped with a warning: it is left out of its repeats, named with its
+    reason in ``settings["skipped"]``, and not cached (a re-run tries it again). Only when
+    every item fails does the search stop, with the first item's error.
 
     Args:
         attention_fn: item -> attn [L, H, h, w] (numpy float32), e.g.
@@ -691,6 +720,8 @@ def find_heads(
         model_id: The model's id (required with ``cache_dir``).
         revision: Model revision, if known.
         prompt_template: The prompt template used by ``attention_fn``.
+        fingerprint: What else decides the attention (weights hash, dtype, quantization;
+            :func:`minilocal.provenance.model_fingerprint`); part of the cache key.
         notes: Free text stored in the table.
         shard: ``(rank, world_size)``: compute only every ``world_size``-th distinct item
             (from ``rank``) into the cache and return None. Several processes (e.g. under
@@ -704,6 +735,9 @@ def find_heads(
     """
     n, repeats = _check_positive("n", n), _check_positive("repeats", repeats)
     top, k = _check_positive("top", top), _check_positive("k", k)
+    if int(seed) != seed or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}",
+                         "use seed >= 0 (repeat r draws with seed + r).")
     _lookup(_THRESHOLDS, elbow, "elbow mode")
     _lookup(_FOREGROUND, entropy, "entropy method")
     _lookup(_STRUCTURE_2D, connectivity, "connectivity")
@@ -733,6 +767,7 @@ def find_heads(
             "model_id": model_id,
             "revision": revision,
             "prompt_template": prompt_template,
+            "fingerprint": _jsonable(fingerprint),
             "entropy": entropy,
             "entropy_params": entropy_params,
         }
@@ -753,11 +788,21 @@ def find_heads(
     shape = None
     n_cached = 0
     bar = tqdm(todo, total=len(todo), desc="find_heads", unit="item", disable=not progress)
+    skipped: dict[str, str] = {}
+    first_error: Exception | None = None
     for item_id, it in bar:
         sc = cache.load(item_id) if cache is not None else None
         if sc is None:
+            try:
+                attn = np.asarray(attention_fn(it))
+            except Exception as err:  # one bad item never stops the search
+                skipped[item_id] = _reason(err)
+                first_error = first_error or err
+                warnings.warn(f"find_heads: item {item_id!r} skipped: {skipped[item_id]}",
+                              stacklevel=2)
+                continue
             sc = item_scores(
-                np.asarray(attention_fn(it)),
+                attn,
                 entropy,
                 c=c,
                 fg_threshold=fg_threshold,
@@ -780,9 +825,19 @@ def find_heads(
     bar.close()
     if shard is not None:
         return None
+    if not scores:
+        raise InputError(
+            f"every one of the {len(todo)} items failed; the first: {skipped[todo[0][0]]}",
+            "fix that error (it is the same for every item?) and run again.",
+        ) from first_error
+    if skipped:
+        draws = [[it for it in d if it.item_id not in skipped] for d in draws]
 
     ent_all, pass_all, taus = [], [], []
     for draw in draws:
+        if not draw:  # every item of this repeat was skipped
+            taus.append([])
+            continue
         s = np.stack([scores[it.item_id].s_img for it in draw])  # [N, L, H]
         e = np.stack([scores[it.item_id].entropy for it in draw])  # [N, L, H]
         lr = np.stack([scores[it.item_id].last_row for it in draw])  # [N, L, H]
@@ -793,7 +848,8 @@ def find_heads(
         taus.append([float(tau[0])] if elbow == "mean" else [float(t) for t in tau])
         ent_all.append(e)
         pass_all.append(passing)
-    freq = selection_frequency(np.stack(ent_all), np.stack(pass_all), top)  # [L, H] percent
+    # pooled over all lists: [R * N, L, H] (repeats may be shorter when items were skipped)
+    freq = selection_frequency(np.concatenate(ent_all), np.concatenate(pass_all), top)
     heads = top_heads(freq, k)
     if len(heads) < k:
         warnings.warn(
@@ -816,6 +872,8 @@ def find_heads(
         "dataset": getattr(dataset, "name", ""),
         "selection": "fixed",
     }
+    if skipped:
+        settings["skipped"] = dict(sorted(skipped.items()))
     return HeadTable(
         model_id=model_id,
         num_layers=shape[0],

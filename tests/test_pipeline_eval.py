@@ -63,6 +63,7 @@ class _Interrupting:
     def __init__(self, inner, after):
         self.inner, self.after, self.calls = inner, after, 0
         self.adapter, self.heads, self.settings = inner.adapter, inner.heads, inner.settings
+        self.model = inner.model
         self.sam, self.mask_prompt, self.multimask = None, False, False
 
     def ground(self, image, expr):

@@ -224,13 +224,17 @@ class Adapter(ABC):
 
     # ------------------------------------------------------------------ prompt
     def normalize(self, expr: str) -> str:
-        """The expression as it goes into the prompt: :func:`normalize_expression`, then
-        refused if it holds a special token of this model (:func:`check_no_special_tokens`).
+        """The expression as it goes into the prompt: checked by
+        :func:`minilocal.expressions.check_expression` (control characters, no letter or
+        digit), :func:`normalize_expression`, then refused if it holds a special token of
+        this model (:func:`check_no_special_tokens`).
 
         Raises:
-            ExpressionError: Empty expression, or one holding a special token.
+            ExpressionError: Empty, unreadable, or holding a special token.
         """
-        text = normalize_expression(expr)
+        from ..expressions import check_expression
+
+        text = normalize_expression(check_expression(expr))
         check_no_special_tokens(text, self.processor)
         return text
 

@@ -24,6 +24,7 @@ Book: ``book/01_attention.ipynb`` (the embedded model's world).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -571,5 +572,28 @@ def shapes_dataset(
     """
     if n < 0:
         raise DatasetError(f"negative dataset size {n}", "ask for n >= 0 items.")
-    items = [shapes_item(split, i, cfg) for i in range(start, start + n)]
-    return GroundingDataset(items, name=f"shapes/{split}")
+    item_rng(split, start)  # an unknown split or a negative start raises now, not on first use
+    return GroundingDataset(_ShapesItems(split, range(start, start + n), cfg),
+                            name=f"shapes/{split}")
+
+
+class _ShapesItems(Sequence):
+    """Items of a shapes split, each rendered on first access (a draw of 50 items out of
+    1000 renders 50 scenes, not 1000)."""
+
+    lazy = True
+
+    def __init__(self, split: str, indices: range, cfg: WorldConfig, rendered=None):
+        self.split, self.indices, self.cfg = split, indices, cfg
+        self._rendered = {} if rendered is None else rendered
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return _ShapesItems(self.split, self.indices[i], self.cfg, self._rendered)
+        index = self.indices[i]
+        if index not in self._rendered:
+            self._rendered[index] = shapes_item(self.split, index, self.cfg)
+        return self._rendered[index]
