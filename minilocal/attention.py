@@ -45,6 +45,7 @@ class _Recording:
     """What one forward pass records: per layer, the last query row at chosen keys."""
 
     positions: torch.Tensor | None  # [B, n] key positions to keep, or None for all keys
+    device: torch.device | None = None  # where rows are stored (None: where computed)
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, n]
     calls: int = 0
 
@@ -138,6 +139,8 @@ def _make_capture_forward(base: str):
             probs = last_row_softmax(
                 query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap")
             )  # [B, H, K]
+            if rec.device is not None:  # a sharded model: each layer on its own device
+                probs = probs.to(rec.device)
             if rec.positions is not None:
                 idx = rec.positions[:, None, :].expand(-1, probs.shape[1], -1)  # [B, H, n]
                 probs = torch.gather(probs, 2, idx.to(probs.device))
@@ -233,8 +236,12 @@ def last_token_attention(
     num_layers = decoder.config.num_hidden_layers
     kwargs = {"use_cache": False, **(forward_kwargs or {})}
     base = decoder.config._attn_implementation
+    # One device for every layer's row (a model sharded with device_map keeps each layer
+    # on its own GPU): the positions' device, else the input ids'.
+    ids = inputs.get("input_ids")
+    device = positions.device if positions is not None else getattr(ids, "device", None)
     if method == "capture":
-        rec = _Recording(positions=positions)
+        rec = _Recording(positions=positions, device=device)
         _ACTIVE.append(rec)
         try:
             with torch.no_grad(), _attn_implementation(decoder, _capture_name(base)):
@@ -253,7 +260,9 @@ def last_token_attention(
                 "the model returned no decoder attentions with output_attentions=True",
                 "load the model with attn_implementation='eager'.",
             )
-        rows = torch.stack([a[:, :, -1, :].float() for a in attentions], dim=1)  # [B, L, H, T]
+        rows = torch.stack(
+            [a[:, :, -1, :].float().to(device or a.device) for a in attentions], dim=1
+        )  # [B, L, H, T]
         if positions is not None:
             idx = positions[:, None, None, :].expand(-1, rows.shape[1], rows.shape[2], -1)
             rows = torch.gather(rows, 3, idx.to(rows.device))  # [B, L, H, n]
