@@ -59,6 +59,7 @@ def last_row_softmax(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     softcap: float | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Softmax attention of the last query position over all keys, in float32.
 
@@ -71,6 +72,12 @@ def last_row_softmax(
             or a [B, K] padding mask (1 = keep), as flash-attention paths pass it.
         scaling: Multiplier of q.k (default 1 / sqrt(D)).
         softcap: Gemma-2-style logit soft-capping, if the model uses it.
+        sliding_window: The layer's window, as the model passes it to its kernel. A 4-D mask
+            already holds the window (SDPA, eager); without one (flash-attention gets a
+            [B, K] padding mask or None and applies the window itself) the last query sees
+            only the last ``sliding_window`` keys, as flash-attention's
+            ``window_size=(w - 1, w - 1)`` and transformers' sliding mask
+            (``kv_idx > q_idx - w``) both say.
 
     Returns:
         [B, H, K] float32 attention weights of the last query (each row sums to 1).
@@ -103,6 +110,9 @@ def last_row_softmax(
             scores = scores.masked_fill(~m, float("-inf"))
         else:
             scores = scores + m.float()
+    if sliding_window is not None and (attention_mask is None or attention_mask.dim() != 4):
+        if K > int(sliding_window):
+            scores[..., : K - int(sliding_window)] = float("-inf")
     return scores.softmax(dim=-1)  # [B, H, K]
 
 
@@ -137,7 +147,8 @@ def _make_capture_forward(base: str):
         if _ACTIVE:
             rec = _ACTIVE[-1]
             probs = last_row_softmax(
-                query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap")
+                query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"),
+                kwargs.get("sliding_window"),
             )  # [B, H, K]
             if rec.device is not None:  # a sharded model: each layer on its own device
                 probs = probs.to(rec.device)
