@@ -68,6 +68,13 @@ MODEL_ALIASES: dict[str, str] = {
     "smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
 }
 
+#: The image-processor backend minilocal always asks for. transformers picks its torchvision
+#: classes when torchvision is installed (Colab) and its PIL classes otherwise (the build
+#: machines); the two resize with different kernels, so the same image would give other
+#: pixels on Colab. The published heads were found with the original code's PIL
+#: preprocessing, and every test here runs the PIL classes: PIL everywhere.
+IMAGE_BACKEND = "pil"
+
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -176,6 +183,23 @@ def _quantization_config(quantization: Quantization, dtype: torch.dtype, device:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def load_processor(path: str | os.PathLike, *, revision: str | None = None, **kwargs):
+    """``AutoProcessor.from_pretrained`` with the image backend fixed to :data:`IMAGE_BACKEND`
+    (``"pil"``), so that a machine with torchvision and one without give the same pixels.
+
+    Args:
+        path: Hub id or folder.
+        revision: Hub revision to pin.
+        **kwargs: More processor options (e.g. ``max_pixels`` for Qwen2.5-VL).
+
+    Book: ``book/06_your_model.ipynb``.
+    """
+    from transformers import AutoProcessor
+
+    kwargs.setdefault("backend", IMAGE_BACKEND)
+    return AutoProcessor.from_pretrained(os.fspath(path), revision=revision, **kwargs)
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -210,7 +234,7 @@ def load_model(
 
     Book: ``book/06_your_model.ipynb``.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = resolve_model(name_or_path)
     device = device or default_device()
@@ -241,7 +265,7 @@ def load_model(
         if not direct:
             model = model.to(device)
     model.eval()
-    processor = AutoProcessor.from_pretrained(path, revision=revision)
+    processor = load_processor(path, revision=revision)
     adapter = get_adapter(model, processor, **adapter_kwargs)
     return model, processor, adapter
 

@@ -153,3 +153,29 @@ def test_published_head_table_reads_as_reported():
 def test_heads_json_in_model_folder_wins(tmp_path):
     HeadTable("x/y", 3, 4, [(1, 2)]).to_json(tmp_path / "heads.json")
     assert default_heads_path(tmp_path) == tmp_path / "heads.json"
+
+
+def test_processor_backend_is_pil_even_where_torchvision_is_installed(monkeypatch, llava_folder):
+    """transformers picks the torchvision image classes when torchvision is importable (as
+    on Colab); minilocal asks for the PIL ones, so both machines give the same pixels
+    (issue 17). Simulated here: torchvision is reported available, the class loads record
+    which backend was asked for."""
+    from transformers.models.auto import image_processing_auto as ipa
+
+    from minilocal.models import IMAGE_BACKEND, load_processor
+
+    asked = []
+    original = ipa._load_class_with_fallback
+
+    def spy(mapping, backend):
+        asked.append(backend)
+        return original(mapping, backend)
+
+    monkeypatch.setattr(ipa, "_load_class_with_fallback", spy)
+    monkeypatch.setattr(ipa, "is_torchvision_available", lambda: True)
+    processor = load_processor(llava_folder[0])
+    assert IMAGE_BACKEND == "pil" and asked and set(asked) == {"pil"}
+    assert type(processor.image_processor).__name__.endswith("Pil")
+    asked.clear()
+    _, processor, _ = load_model(llava_folder[0], device="cpu")
+    assert set(asked) == {"pil"}
