@@ -69,6 +69,10 @@ class CacheError(MinilocalError, RuntimeError):
     """A cache folder holds results made with other settings or another model."""
 
 
+class ModelLoadError(MinilocalError, OSError):
+    """A model's files could not be fetched: no internet, a gated or a missing model id."""
+
+
 #: Every error type, in the order the "Common errors" page lists them.
 ERRORS: tuple[type[MinilocalError], ...] = (
     ImageError,
@@ -80,6 +84,7 @@ ERRORS: tuple[type[MinilocalError], ...] = (
     DatasetError,
     SamError,
     OutOfMemoryError,
+    ModelLoadError,
     InputError,
     CacheError,
 )

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from .adapters import Adapter, get_adapter, registered_model_types
-from .errors import InputError, ModelNotSupportedError, OutOfMemoryError
+from .errors import InputError, ModelLoadError, ModelNotSupportedError, OutOfMemoryError
 
 Quantization = Literal["8bit", "4bit"] | None
 
@@ -156,6 +156,26 @@ def oom_guard(what: str):
         raise OutOfMemoryError(f"GPU out of memory while {what}: {first}", OOM_FIX) from err
 
 
+def _load_failure(path: str, err: OSError) -> ModelLoadError:
+    """The :class:`ModelLoadError` for an ``OSError`` of ``from_pretrained`` on ``path``."""
+    text = str(err)
+    low = text.lower()
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if "gated" in low or "401" in low or "403" in low or "access to model" in low:
+        fix = (f"{path} is gated: accept its licence on its hub page with your account, then "
+               "log in here (`from huggingface_hub import login; login()`, or set HF_TOKEN).")
+    elif "connect" in low or "offline" in low or "connection" in low:
+        fix = ("there is no internet connection (or HF_HUB_OFFLINE is set): connect and run "
+               "again, or give a local folder that holds the model (save_pretrained).")
+    elif "not a valid model identifier" in low or "404" in low or "not found" in low:
+        fix = (f"no model {path!r} on the hub: check the spelling, or use an alias "
+               f"({', '.join(sorted(MODEL_ALIASES))}).")
+    else:
+        fix = ("check the model id and the internet connection, or give a local folder "
+               "written by save_pretrained.")
+    return ModelLoadError(f"could not load {path!r}: {first}", fix)
+
+
 def _quantization_config(quantization: Quantization, dtype: torch.dtype, device: str):
     if quantization is None:
         return None
@@ -231,6 +251,7 @@ def load_model(
             or the packaged shapes model is missing.
         InputError: Unknown alias / missing folder / bad dtype or quantization.
         OutOfMemoryError: The GPU ran out of memory while loading.
+        ModelLoadError: The files could not be fetched (no internet, gated or missing id).
 
     Book: ``book/06_your_model.ipynb``.
     """
@@ -239,7 +260,10 @@ def load_model(
     path = resolve_model(name_or_path)
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    config = AutoConfig.from_pretrained(path, revision=revision)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision)
+    except OSError as err:
+        raise _load_failure(path, err) from err
     if config.model_type not in registered_model_types():
         raise ModelNotSupportedError(
             f"{str(name_or_path)!r} is a {config.model_type!r} model, which minilocal has no "

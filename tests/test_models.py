@@ -179,3 +179,20 @@ def test_processor_backend_is_pil_even_where_torchvision_is_installed(monkeypatc
     asked.clear()
     _, processor, _ = load_model(llava_folder[0], device="cpu")
     assert set(asked) == {"pil"}
+
+
+def test_missing_model_or_no_internet_names_the_fix(monkeypatch):
+    """A hub id that cannot be fetched (offline here) gives ModelLoadError with the fix;
+    a gated model's message names the login (issue 17: Colab's common failures)."""
+    from minilocal.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        load_model("someone-who/does-not-exist-17", device="cpu")
+    assert "internet" in info.value.fix and isinstance(info.value, OSError)
+    gated = models._load_failure("google/gemma-3-4b-it", OSError(
+        "You are trying to access a gated repo. 401 Client Error"))
+    assert "login" in gated.fix and "licence" in gated.fix
+    missing = models._load_failure("llava-hf/llava-1.5-7b", OSError(
+        "llava-hf/llava-1.5-7b is not a local folder and is not a valid model identifier"))
+    assert "spelling" in missing.fix and "llava-1.5-7b" in missing.fix
