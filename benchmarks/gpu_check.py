@@ -99,7 +99,12 @@ def build_llava_replica(folder: Path, scale_name: str, device: str) -> None:
     saved to ``folder`` in float16 (float32 for ``"tiny"``)."""
     import torch
     from replicas import build_replica
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     tiny, processor = build_replica("llava-1.5-7b", layers=2)
     if scale_name == "tiny":

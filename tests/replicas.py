@@ -65,7 +65,12 @@ def _ip_kwargs(p: dict, *keys: str) -> dict:
 
 
 def _llava(facts, tok, layers):
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     v, p = facts["vision"], facts["processor"]
@@ -150,7 +155,11 @@ def _llava_onevision(facts, tok, layers):
 
 
 def _qwen(facts, tok, layers):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     v, p, t = facts["vision"], facts["processor"], facts["text"]
