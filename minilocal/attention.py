@@ -45,6 +45,7 @@ class _Recording:
     """What one forward pass records: per layer, the last query row at chosen keys."""
 
     positions: torch.Tensor | None  # [B, n] key positions to keep, or None for all keys
+    device: torch.device | None = None  # where rows are stored (None: where computed)
     rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, n]
     calls: int = 0
 
@@ -58,6 +59,7 @@ def last_row_softmax(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     softcap: float | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Softmax attention of the last query position over all keys, in float32.
 
@@ -70,6 +72,12 @@ def last_row_softmax(
             or a [B, K] padding mask (1 = keep), as flash-attention paths pass it.
         scaling: Multiplier of q.k (default 1 / sqrt(D)).
         softcap: Gemma-2-style logit soft-capping, if the model uses it.
+        sliding_window: The layer's window, as the model passes it to its kernel. A 4-D mask
+            already holds the window (SDPA, eager); without one (flash-attention gets a
+            [B, K] padding mask or None and applies the window itself) the last query sees
+            only the last ``sliding_window`` keys, as flash-attention's
+            ``window_size=(w - 1, w - 1)`` and transformers' sliding mask
+            (``kv_idx > q_idx - w``) both say.
 
     Returns:
         [B, H, K] float32 attention weights of the last query (each row sums to 1).
@@ -102,6 +110,9 @@ def last_row_softmax(
             scores = scores.masked_fill(~m, float("-inf"))
         else:
             scores = scores + m.float()
+    if sliding_window is not None and (attention_mask is None or attention_mask.dim() != 4):
+        if K > int(sliding_window):
+            scores[..., : K - int(sliding_window)] = float("-inf")
     return scores.softmax(dim=-1)  # [B, H, K]
 
 
@@ -136,8 +147,11 @@ def _make_capture_forward(base: str):
         if _ACTIVE:
             rec = _ACTIVE[-1]
             probs = last_row_softmax(
-                query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap")
+                query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"),
+                kwargs.get("sliding_window"),
             )  # [B, H, K]
+            if rec.device is not None:  # a sharded model: each layer on its own device
+                probs = probs.to(rec.device)
             if rec.positions is not None:
                 idx = rec.positions[:, None, :].expand(-1, probs.shape[1], -1)  # [B, H, n]
                 probs = torch.gather(probs, 2, idx.to(probs.device))
@@ -233,8 +247,12 @@ def last_token_attention(
     num_layers = decoder.config.num_hidden_layers
     kwargs = {"use_cache": False, **(forward_kwargs or {})}
     base = decoder.config._attn_implementation
+    # One device for every layer's row (a model sharded with device_map keeps each layer
+    # on its own GPU): the positions' device, else the input ids'.
+    ids = inputs.get("input_ids")
+    device = positions.device if positions is not None else getattr(ids, "device", None)
     if method == "capture":
-        rec = _Recording(positions=positions)
+        rec = _Recording(positions=positions, device=device)
         _ACTIVE.append(rec)
         try:
             with torch.no_grad(), _attn_implementation(decoder, _capture_name(base)):
@@ -253,7 +271,9 @@ def last_token_attention(
                 "the model returned no decoder attentions with output_attentions=True",
                 "load the model with attn_implementation='eager'.",
             )
-        rows = torch.stack([a[:, :, -1, :].float() for a in attentions], dim=1)  # [B, L, H, T]
+        rows = torch.stack(
+            [a[:, :, -1, :].float().to(device or a.device) for a in attentions], dim=1
+        )  # [B, L, H, T]
         if positions is not None:
             idx = positions[:, None, None, :].expand(-1, rows.shape[1], rows.shape[2], -1)
             rows = torch.gather(rows, 3, idx.to(rows.device))  # [B, L, H, n]

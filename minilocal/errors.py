@@ -75,6 +75,10 @@ class UnknownWordsWarning(UserWarning):
     sentence with holes in it. The message lists the words the model knows."""
 
 
+class ModelLoadError(MinilocalError, OSError):
+    """A model's files could not be fetched: no internet, a gated or a missing model id."""
+
+
 #: Every error type, in the order the "Common errors" page lists them.
 ERRORS: tuple[type[MinilocalError], ...] = (
     ImageError,
@@ -86,6 +90,7 @@ ERRORS: tuple[type[MinilocalError], ...] = (
     DatasetError,
     SamError,
     OutOfMemoryError,
+    ModelLoadError,
     InputError,
     CacheError,
 )

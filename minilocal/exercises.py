@@ -66,6 +66,18 @@ RELEASE_TAG = f"v{__version__}"
 #: Extras installed on Colab: SAM, the RefCOCO readers, plotly and ipywidgets.
 EXTRAS = "sam,data,viz"
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+#: Exact versions installed beside minilocal on Colab: the ones CI tests (the same lines as
+#: ``.ci/requirements.txt``; a test checks they agree). The capture relies on transformers
+#: internals (``AttentionInterface``, ``AttentionMaskInterface``, the PIL image processor
+#: modules), so the newest transformers is not good enough. Colab's own torch,
+#: torchvision, numpy and pillow are left alone (the package asks for lower bounds only).
+COLAB_PINS = (
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "accelerate==1.15.0",
+    "segment-anything==1.0",
+)
 
 
 def colab_url(path: str) -> str | None:
@@ -85,11 +97,12 @@ def install_cell_source() -> str:
 
     Book: ``book/06_your_model.ipynb``.
     """
-    head = f"# Colab only: install minilocal with its extras ({EXTRAS}), once per session.\n"
+    head = (f"# Colab only: install minilocal with its extras ({EXTRAS}) and the versions it\n"
+            "# is tested with, once per session (Colab's own torch stays).\n")
     if REPOSITORY:
         spec = f"minilocal[{EXTRAS}] @ git+https://github.com/{REPOSITORY}@{RELEASE_TAG}"
         return (head + "import sys\n\nif \"google.colab\" in sys.modules:\n"
-                f"    %pip install -q \"{spec}\"")
+                f"    %pip install -q \"{spec}\" {' '.join(COLAB_PINS)}")
     return head + "\n".join([
         "import os",
         "import subprocess",
@@ -97,13 +110,16 @@ def install_cell_source() -> str:
         "",
         "if \"google.colab\" in sys.modules:",
         "    repo = os.environ.get(\"MINILOCAL_REPO\")  # \"owner/name\" (not published yet)",
+        f"    pins = {list(COLAB_PINS)!r}".replace("'", '"'),
         "    if repo:",
         "        subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",",
-        f"                        f\"minilocal[{EXTRAS}] @ git+https://github.com/{{repo}}\"], check=True)",
+        f"                        f\"minilocal[{EXTRAS}] @ git+https://github.com/{{repo}}\", *pins],",
+        "                       check=True)",
         "    else:",
         "        print(\"minilocal is not installed by this cell: set os.environ['MINILOCAL_REPO'] = \"",
         "              \"'owner/name' and run it again, or run\\n\"",
-        f"              \"  pip install 'minilocal[{EXTRAS}] @ git+https://github.com/OWNER/minilocal'\")",
+        f"              \"  pip install 'minilocal[{EXTRAS}] @ git+https://github.com/OWNER/minilocal' \"",
+        "              + \" \".join(pins))",
     ])
 
 

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from .adapters import Adapter, get_adapter, registered_model_types
-from .errors import InputError, ModelNotSupportedError, OutOfMemoryError
+from .errors import InputError, ModelLoadError, ModelNotSupportedError, OutOfMemoryError
 
 Quantization = Literal["8bit", "4bit"] | None
 
@@ -67,6 +67,13 @@ MODEL_ALIASES: dict[str, str] = {
     "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
 }
+
+#: The image-processor backend minilocal always asks for. transformers picks its torchvision
+#: classes when torchvision is installed (Colab) and its PIL classes otherwise (the build
+#: machines); the two resize with different kernels, so the same image would give other
+#: pixels on Colab. The published heads were found with the original code's PIL
+#: preprocessing, and every test here runs the PIL classes: PIL everywhere.
+IMAGE_BACKEND = "pil"
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -149,6 +156,26 @@ def oom_guard(what: str):
         raise OutOfMemoryError(f"GPU out of memory while {what}: {first}", OOM_FIX) from err
 
 
+def _load_failure(path: str, err: OSError) -> ModelLoadError:
+    """The :class:`ModelLoadError` for an ``OSError`` of ``from_pretrained`` on ``path``."""
+    text = str(err)
+    low = text.lower()
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if "gated" in low or "401" in low or "403" in low or "access to model" in low:
+        fix = (f"{path} is gated: accept its licence on its hub page with your account, then "
+               "log in here (`from huggingface_hub import login; login()`, or set HF_TOKEN).")
+    elif "connect" in low or "offline" in low or "connection" in low:
+        fix = ("there is no internet connection (or HF_HUB_OFFLINE is set): connect and run "
+               "again, or give a local folder that holds the model (save_pretrained).")
+    elif "not a valid model identifier" in low or "404" in low or "not found" in low:
+        fix = (f"no model {path!r} on the hub: check the spelling, or use an alias "
+               f"({', '.join(sorted(MODEL_ALIASES))}).")
+    else:
+        fix = ("check the model id and the internet connection, or give a local folder "
+               "written by save_pretrained.")
+    return ModelLoadError(f"could not load {path!r}: {first}", fix)
+
+
 def _quantization_config(quantization: Quantization, dtype: torch.dtype, device: str):
     if quantization is None:
         return None
@@ -174,6 +201,23 @@ def _quantization_config(quantization: Quantization, dtype: torch.dtype, device:
             load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4"
         )
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_processor(path: str | os.PathLike, *, revision: str | None = None, **kwargs):
+    """``AutoProcessor.from_pretrained`` with the image backend fixed to :data:`IMAGE_BACKEND`
+    (``"pil"``), so that a machine with torchvision and one without give the same pixels.
+
+    Args:
+        path: Hub id or folder.
+        revision: Hub revision to pin.
+        **kwargs: More processor options (e.g. ``max_pixels`` for Qwen2.5-VL).
+
+    Book: ``book/06_your_model.ipynb``.
+    """
+    from transformers import AutoProcessor
+
+    kwargs.setdefault("backend", IMAGE_BACKEND)
+    return AutoProcessor.from_pretrained(os.fspath(path), revision=revision, **kwargs)
 
 
 def load_model(
@@ -207,17 +251,26 @@ def load_model(
             or the packaged shapes model is missing.
         InputError: Unknown alias / missing folder / bad dtype or quantization.
         OutOfMemoryError: The GPU ran out of memory while loading.
+        ModelLoadError: The files could not be fetched (no internet, gated or missing id).
 
     Book: ``book/06_your_model.ipynb``.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = resolve_model(name_or_path)
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     try:
         config = AutoConfig.from_pretrained(path, revision=revision)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except OSError as err:
+        if not Path(path).is_dir():  # a hub id: no internet, gated, misspelt
+            raise _load_failure(path, err) from err
+        raise InputError(
+            f"cannot read the model config of {str(name_or_path)!r} (folder): {_first_line(err)}",
+            "give a folder written by save_pretrained (with a valid config.json) or a hub id "
+            "that exists.",
+        ) from err
+    except (ValueError, KeyError, TypeError) as err:
         where = "folder" if Path(path).is_dir() else "hub id"
         raise InputError(
             f"cannot read the model config of {str(name_or_path)!r} ({where}): "
@@ -261,7 +314,7 @@ def load_model(
             model = model.to(device)
     model.eval()
     try:
-        processor = AutoProcessor.from_pretrained(path, revision=revision)
+        processor = load_processor(path, revision=revision)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(
             f"cannot load the processor of {str(name_or_path)!r}: {_first_line(err)}",

@@ -11,7 +11,10 @@ torch.set_num_threads(1)
 #: Each is run by .ci/run as its own step.
 NOT_IN_DEFAULT_RUN = {
     "slow": "tests/test_book.py: the book built from scratch and every page checked in headless "
-            "Chromium (about a minute); run `pytest -m slow tests/test_book.py`",
+            "Chromium (about a minute); run `pytest -m slow tests/test_book.py`. "
+            "tests/test_real_configs.py: capture vs eager on the LLaVA-NeXT and OneVision "
+            "replicas (anyres prompts of ~2300-2900 tokens: the eager reference takes ~10-30 s "
+            "each on one core); run `pytest -m slow tests/test_real_configs.py`",
 }
 
 

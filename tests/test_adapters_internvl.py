@@ -66,3 +66,20 @@ def test_capture_matches_eager_reference(impl):
         ref, _ = adapter.attention(image, "the red square", method="eager")
         assert cap.shape == (2, 4, *prep.grid)
         assert np.abs(cap - ref).max() < 1e-5
+
+
+def test_processor_tiles_even_when_image_processor_says_no_crop():
+    """The -hf checkpoints are reported to ship ``crop_to_patches: false`` in their image
+    processor config; InternVLProcessor passes ``crop_to_patches=True`` itself and tiles
+    anyway. The adapter must follow what the processor does (issue 17)."""
+    model, processor = tiny_internvl()
+    processor.image_processor.crop_to_patches = False
+    _, image, _ = square_image(size=(70, 40))
+    views = processor(images=image, text="<IMG_CONTEXT>", return_tensors="pt")["pixel_values"]
+    assert views.shape[0] > 1  # the processor still tiles
+    for source in ("thumbnail", "tiles"):
+        adapter = InternVLAdapter(model, processor, grid_source=source)
+        rows, cols, thumb = adapter.tiling((70, 40))
+        assert rows * cols + int(thumb) == views.shape[0]
+        prep = adapter.prepare(image, "a cat")
+        assert prep.grid == ((4, 4) if source == "thumbnail" else (4 * rows, 4 * cols))

@@ -63,3 +63,24 @@ def test_capture_matches_eager_reference(impl, model_type):
         ref, _ = adapter.attention(image, "the red square", method="eager")
         assert cap.shape == (2, 4, *prep.grid)
         assert np.abs(cap - ref).max() < 1e-5
+
+
+def test_tiles_follow_the_processors_markers_not_a_recomputed_split(local_pair):
+    """The split is the processor's: each cell of the tiles grid sits in the tile whose
+    ``<row_r_col_c>`` marker precedes it, even when the image processor's prediction of
+    the split disagrees (here: swapped rows and columns, the same total count; issue 17)."""
+    model, processor = local_pair
+    adapter = SmolVLMAdapter(model, processor, grid_source="tiles")
+    _, image, _ = square_image(size=(120, 20))
+    real = adapter.tiling((120, 20))
+    assert real[0] != real[1]  # a non-square split, so a swap would show
+    adapter.tiling = lambda size: (real[1], real[0])  # a diverging recomputation
+    prep = adapter.prepare(image, "a cat")
+    assert prep.grid == (4 * real[0], 4 * real[1])
+    tokens = processor.tokenizer.convert_ids_to_tokens(prep.inputs["input_ids"][0].tolist())
+    h, w = prep.grid
+    for i, p in enumerate(prep.positions.tolist()):
+        r, c = divmod(i, w)
+        m = max(q for q in range(p) if tokens[q].startswith("<row_"))  # nearest marker
+        assert tokens[m] == f"<row_{r // 4 + 1}_col_{c // 4 + 1}>", (i, p, tokens[m])
+        assert p == m + 1 + (r % 4) * 4 + c % 4  # row-major inside the tile

@@ -100,3 +100,39 @@ def test_full_strategy_skips_cls_token():
     cap, prep = adapter.attention(_image(), "the cat")
     ref, _ = adapter.attention(_image(), "the cat", method="eager")
     assert prep.positions.numel() == 16 and np.abs(cap - ref).max() < 1e-5
+
+
+def _shard_last_layer_to_meta(model):
+    """Put the decoder's last layer, final norm and LM head on a second device ("meta"), with
+    a pre-hook that moves their inputs there, as accelerate's device_map hooks do."""
+
+    def to_meta(x):
+        if isinstance(x, torch.Tensor):
+            return x.to("meta")
+        if isinstance(x, tuple):
+            return tuple(to_meta(v) for v in x)
+        return x
+
+    def hook(module, args, kwargs):
+        return to_meta(args), {k: to_meta(v) for k, v in kwargs.items()}
+
+    lm = model.model.language_model
+    handles = []
+    for module in (lm.layers[-1], lm.norm, model.lm_head):
+        module.to("meta")
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+@pytest.mark.parametrize("method", ["capture", "eager"])
+def test_layers_on_two_devices_are_gathered_on_one(method):
+    """A model sharded over two devices (device_map): each layer's row is computed on its
+    layer's device; the result is stacked on the positions' device (issue 17)."""
+    model, processor = tiny_llava(layers=3, attn_implementation="sdpa")
+    adapter = get_adapter(model, processor)
+    prep = adapter.prepare(_image(), "the dog")
+    _shard_last_layer_to_meta(model)
+    positions = prep.positions.to("meta")
+    attn = last_token_attention(model, prep.inputs, positions, adapter.decoder(), method=method)
+    assert attn.device.type == "meta"
+    assert tuple(attn.shape) == (1, 3, adapter.num_heads, prep.positions.numel())

@@ -628,9 +628,12 @@ def test_unusable_model_folders_name_the_fix(tmp_path, case, picture, capsys):
 def test_an_offline_hub_id_names_the_fix(monkeypatch):
     import huggingface_hub.constants as hub
 
+    from minilocal.errors import ModelLoadError
+
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-    with pytest.raises(InputError, match="cannot read the model config.*hub id"):
+    with pytest.raises(ModelLoadError, match="could not load 'someone/not-downloaded'") as err:
         load_model("someone/not-downloaded", device="cpu")
+    assert "internet" in err.value.fix
 
 
 def test_unreadable_sam_checkpoint_names_the_fix(tmp_path, picture, capsys):

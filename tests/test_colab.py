@@ -97,7 +97,7 @@ def test_badge_and_pinned_install_once_published(tmp_path, monkeypatch):
         assert f"https://github.com/someone/minilocal/blob/{tag}/{chapter}" in nb.cells[1].source
         assert nb.cells[2].source.splitlines()[-1] == (
             f'    %pip install -q "minilocal[{colab.EXTRAS}] @ '
-            f'git+https://github.com/someone/minilocal@{tag}"')
+            f'git+https://github.com/someone/minilocal@{tag}" ' + " ".join(colab.COLAB_PINS))
 
 
 def _rel_to(path, root):
@@ -124,7 +124,37 @@ def test_install_cell_before_publication(monkeypatch):
     calls, printed = _run_install_cell(monkeypatch, colab_present=True)
     assert calls == [] and "MINILOCAL_REPO" in printed[0]
     calls, printed = _run_install_cell(monkeypatch, colab_present=True, repo="a/b")
-    assert calls[0][-1] == f"minilocal[{colab.EXTRAS}] @ git+https://github.com/a/b"
+    n = len(colab.COLAB_PINS)
+    assert calls[0][-1 - n] == f"minilocal[{colab.EXTRAS}] @ git+https://github.com/a/b"
+    assert calls[0][-n:] == list(colab.COLAB_PINS)
+
+
+def _ci_pins():
+    root = Path(__file__).resolve().parents[1]
+    lines = (root / ".ci" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_colab_pins_agree_with_ci_and_leave_torch_alone():
+    """Colab installs exactly the versions CI tests (issue 17), and never torch or
+    torchvision (Colab's CUDA builds stay)."""
+    ci = _ci_pins()
+    for pin in colab.COLAB_PINS:
+        name, version = pin.split("==")
+        assert ci.get(name.lower()) == version, f"{pin} vs .ci/requirements.txt"
+        assert name.lower() not in {"torch", "torchvision", "numpy", "pillow"}
+    assert "transformers" in {p.split("==")[0] for p in colab.COLAB_PINS}
+    for path in NOTEBOOKS:  # and every committed notebook's install cell carries them
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if c.get("id") == colab.INSTALL_CELL)
+        for pin in colab.COLAB_PINS:
+            assert pin in cell.source, f"{_rel(path)}: install cell lacks {pin}"
 
 
 def test_missing_cells_or_chapter_are_reported():

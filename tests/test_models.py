@@ -153,3 +153,46 @@ def test_published_head_table_reads_as_reported():
 def test_heads_json_in_model_folder_wins(tmp_path):
     HeadTable("x/y", 3, 4, [(1, 2)]).to_json(tmp_path / "heads.json")
     assert default_heads_path(tmp_path) == tmp_path / "heads.json"
+
+
+def test_processor_backend_is_pil_even_where_torchvision_is_installed(monkeypatch, llava_folder):
+    """transformers picks the torchvision image classes when torchvision is importable (as
+    on Colab); minilocal asks for the PIL ones, so both machines give the same pixels
+    (issue 17). Simulated here: torchvision is reported available, the class loads record
+    which backend was asked for."""
+    from transformers.models.auto import image_processing_auto as ipa
+
+    from minilocal.models import IMAGE_BACKEND, load_processor
+
+    asked = []
+    original = ipa._load_class_with_fallback
+
+    def spy(mapping, backend):
+        asked.append(backend)
+        return original(mapping, backend)
+
+    monkeypatch.setattr(ipa, "_load_class_with_fallback", spy)
+    monkeypatch.setattr(ipa, "is_torchvision_available", lambda: True)
+    processor = load_processor(llava_folder[0])
+    assert IMAGE_BACKEND == "pil" and asked and set(asked) == {"pil"}
+    assert type(processor.image_processor).__name__.endswith("Pil")
+    asked.clear()
+    _, processor, _ = load_model(llava_folder[0], device="cpu")
+    assert set(asked) == {"pil"}
+
+
+def test_missing_model_or_no_internet_names_the_fix(monkeypatch):
+    """A hub id that cannot be fetched (offline here) gives ModelLoadError with the fix;
+    a gated model's message names the login (issue 17: Colab's common failures)."""
+    from minilocal.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        load_model("someone-who/does-not-exist-17", device="cpu")
+    assert "internet" in info.value.fix and isinstance(info.value, OSError)
+    gated = models._load_failure("google/gemma-3-4b-it", OSError(
+        "You are trying to access a gated repo. 401 Client Error"))
+    assert "login" in gated.fix and "licence" in gated.fix
+    missing = models._load_failure("llava-hf/llava-1.5-7b", OSError(
+        "llava-hf/llava-1.5-7b is not a local folder and is not a valid model identifier"))
+    assert "spelling" in missing.fix and "llava-1.5-7b" in missing.fix

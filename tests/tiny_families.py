@@ -135,14 +135,21 @@ def image_token_features(adapter, image, expr="the red square") -> tuple[torch.T
 
     def hook(module, args, kwargs):
         seen["embeds"] = kwargs["inputs_embeds"].detach()
+        raise _Enough  # the decoder itself is not needed: stop the forward here
 
     handle = adapter.decoder().register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
             adapter.model(**prepared.inputs, use_cache=False)
+    except _Enough:
+        pass
     finally:
         handle.remove()
     return seen["embeds"][0, prepared.positions], prepared
+
+
+class _Enough(Exception):
+    """Raised by :func:`image_token_features`'s hook once the decoder's inputs are seen."""
 
 
 def changed_cells(adapter, plain, painted) -> tuple[np.ndarray, object]:

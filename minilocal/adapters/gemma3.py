@@ -16,7 +16,8 @@ Attention: Gemma 3 alternates sliding-window layers (window 1024 in the 4B model
 global layers, and lets image tokens attend to each other both ways. The last query row
 is unaffected by the bidirectional part (it is a text token); in a sliding-window layer
 it sees only the last ``sliding_window`` keys, so image tokens further back get exactly 0
-there. Both capture paths take this from the model's own mask.
+there. Both capture paths take this from the model's own mask (SDPA, eager) or, under
+flash-attention, which gets no 4-D mask, from the layer's ``sliding_window`` keyword.
 
 Book: ``book/06_your_model.ipynb``.
 """

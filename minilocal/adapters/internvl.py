@@ -87,21 +87,37 @@ class InternVLAdapter(Adapter):
     def build_prompt(self, expr: str) -> str:
         return self.template.format(image=self.processor.image_token, expr=expr)
 
+    def images_kwargs(self) -> dict:
+        """The image settings the processor really uses: its own ``images_kwargs`` merged
+        over the image processor's attributes (``InternVLProcessor`` passes
+        ``crop_to_patches=True`` itself, whatever the image processor says)."""
+        ip = self.processor.image_processor
+        merged = {
+            key: _get(ip, key) for key in ("crop_to_patches", "min_patches", "max_patches", "size")
+        }
+        merge = getattr(self.processor, "_merge_kwargs", None)
+        if merge is not None:
+            tok = getattr(self.processor, "tokenizer", None)
+            got = merge(tokenizer_init_kwargs=getattr(tok, "init_kwargs", {}))["images_kwargs"]
+            merged.update({k: v for k, v in got.items() if k in merged and v is not None})
+        return merged
+
     def tiling(self, image_size: tuple[int, int]) -> tuple[int, int, bool]:
-        """(rows, cols, thumbnail) of the processor's tiling for an image of (W, H)."""
+        """(rows, cols, thumbnail) of the processor's tiling for an image of (W, H), with the
+        settings the processor really applies (:meth:`images_kwargs`)."""
         from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
             get_optimal_tiled_canvas,
         )
 
         W, H = image_size
-        ip = self.processor.image_processor
-        max_patches = int(_get(ip, "max_patches", 12))
-        if not _get(ip, "crop_to_patches", False) or max_patches <= 1:
+        kw = self.images_kwargs()
+        max_patches = int(kw["max_patches"] if kw["max_patches"] is not None else 12)
+        if not kw["crop_to_patches"] or max_patches <= 1:
             return 1, 1, False
-        size = ip.size
+        size = kw["size"]
         cols, rows = get_optimal_tiled_canvas(
             (H, W), (int(_get(size, "height")), int(_get(size, "width"))),
-            int(_get(ip, "min_patches", 1)), max_patches,
+            int(kw["min_patches"] if kw["min_patches"] is not None else 1), max_patches,
         )
         return rows, cols, rows * cols > 1
 
@@ -116,6 +132,15 @@ class InternVLAdapter(Adapter):
         g = math.isqrt(seq)
         rows, cols, thumbnail = self.tiling(image.size)
         views = rows * cols + int(thumbnail)
+        given = inputs.get("pixel_values")
+        if given is not None and int(given.shape[0]) != views:
+            raise ImageTokensNotFoundError(
+                f"the processor cut the image into {int(given.shape[0])} views, but the "
+                f"adapter's tiling is {rows}x{cols} tiles{' + thumbnail' if thumbnail else ''}"
+                f" = {views}",
+                "use the processor saved with the model, unchanged (its crop_to_patches, "
+                "min_patches and max_patches decide the tiling), and report the model id.",
+            )
         every = (ids[0] == self.model.config.image_token_id).nonzero().reshape(-1)  # [N]
         if every.numel() != views * seq or g * g != seq:
             raise ImageTokensNotFoundError(

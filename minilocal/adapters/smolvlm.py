@@ -29,6 +29,7 @@ Book: ``book/06_your_model.ipynb``.
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 import torch
@@ -42,6 +43,8 @@ from .base import Adapter, Prepared, register_adapter
 from .common import resolve_template
 
 GridSource = Literal["global", "tiles"]
+
+_ROW_COL = re.compile(r"<row_(\d+)_col_(\d+)>")
 
 SMOLVLM_TEMPLATE = "<|im_start|>User:{image}{expr}"
 
@@ -83,10 +86,57 @@ class SmolVLMAdapter(Adapter):
         return self.template.format(image=self.processor.image_token, expr=expr)
 
     def tiling(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """(rows, cols) of tiles for an image of (W, H); (0, 0) when it is not split."""
+        """(rows, cols) of tiles the image processor predicts for an image of (W, H); (0, 0)
+        when it is not split. :meth:`prepare` does not use it: it reads the split from the
+        processor's own ``<row_r_col_c>`` markers in the prompt."""
         W, H = image_size
         _, rows, cols = self.processor.image_processor.get_number_of_image_patches(H, W, {})
         return int(rows), int(cols)
+
+    def tiles_in_prompt(self, input_ids: torch.Tensor, seq: int) -> dict[tuple[int, int], int]:
+        """Where each tile's tokens start, read from the processor's own output.
+
+        The processor writes ``<row_r_col_c>`` (1-based) before the ``seq`` image tokens of
+        tile (r, c): the rows and columns of its split are those markers, whatever the
+        adapter would compute.
+
+        Args:
+            input_ids: [T] tokenized prompt.
+            seq: Image tokens per view.
+
+        Returns:
+            (row, col) (0-based) -> position of the tile's first image token; empty when the
+            image was not split.
+
+        Raises:
+            ImageTokensNotFoundError: A marker is repeated or not followed by ``seq`` image
+                tokens, or the markers do not fill a rows x cols rectangle.
+        """
+        tokens = self.processor.tokenizer.convert_ids_to_tokens(input_ids.tolist())
+        image_id = int(self.model.config.image_token_id)
+        starts: dict[tuple[int, int], int] = {}
+        for p, token in enumerate(tokens):
+            m = _ROW_COL.fullmatch(str(token))
+            if m is None:
+                continue
+            key = (int(m.group(1)) - 1, int(m.group(2)) - 1)
+            run = input_ids[p + 1 : p + 1 + seq]
+            if key in starts or run.numel() != seq or not bool((run == image_id).all()):
+                raise ImageTokensNotFoundError(
+                    f"the tile marker {token} is repeated or not followed by {seq} image tokens",
+                    "use the processor saved with the model (same image_seq_len as the model "
+                    "config), unchanged.",
+                )
+            starts[key] = p + 1
+        if starts:
+            rows = 1 + max(r for r, _ in starts)
+            cols = 1 + max(c for _, c in starts)
+            if len(starts) != rows * cols:
+                raise ImageTokensNotFoundError(
+                    f"the prompt's tile markers cover {len(starts)} of {rows}x{cols} tiles",
+                    "use the processor saved with the model, unchanged.",
+                )
+        return starts
 
     def prepare(self, image: Image.Image, expr: str) -> Prepared:
         image = load_image(image)
@@ -98,7 +148,9 @@ class SmolVLMAdapter(Adapter):
         self.check_length(ids, expr)
         seq = int(self.processor.image_seq_len)
         g = math.isqrt(seq)
-        rows, cols = self.tiling(image.size)
+        starts = self.tiles_in_prompt(ids[0], seq)
+        rows = 1 + max((r for r, _ in starts), default=-1)
+        cols = 1 + max((c for _, c in starts), default=-1)
         views = rows * cols + 1
         every = (ids[0] == self.model.config.image_token_id).nonzero().reshape(-1)  # [N]
         if every.numel() != views * seq or g * g != seq:
@@ -109,7 +161,11 @@ class SmolVLMAdapter(Adapter):
                 "image_seq_len).",
             )
         if self.grid_source == "tiles" and views > 1:
-            tiles = every[: rows * cols * seq].reshape(rows, cols, g, g)
+            first = torch.tensor(
+                [[starts[(r, c)] for c in range(cols)] for r in range(rows)]
+            )  # [rows, cols] first token of each tile
+            cell = torch.arange(seq).reshape(g, g)  # [g, g] offset within a tile, row-major
+            tiles = first[:, :, None, None] + cell[None, None]  # [rows, cols, g, g]
             positions = tiles.permute(0, 2, 1, 3).reshape(-1)  # [(rows g) (cols g)] row-major
             grid = (rows * g, cols * g)
         else:
