@@ -90,6 +90,8 @@ def test_report_on_the_drawn_pictures(tiny):
     assert flat["acc@0.5"] == pytest.approx(float((ious >= 0.5).mean()), abs=1e-4)
     assert flat["acc@0.5"] == rep["acc@0.5"]["selected_heads"]
     assert set(rep["box_step_variants_selected"]) == set(evaluate.BOX_STEP_VARIANTS)
+    assert set(rep["acc@0.5_ideal_map"]) == {"paper", *evaluate.BOX_STEP_VARIANTS}
+    assert all("acc@0.5_ideal_map" in v for v in rep["by_object_size"].values())
     # the same items as the drawn set itself
     same = evaluate.heldout_report(tiny, [(0, 0), (1, 1)], n_items=6, world=W.DRAWN,
                                    progress=False)
@@ -105,3 +107,22 @@ def test_default_report_keeps_the_documented_fields(tiny):
     assert set(shipped) <= set(rep)  # new fields only add to the documented ones
     assert rep["world"] == "shapes" and set(rep["by_image_size"]) == {"96"}
     assert set(rep["by_fill"]) == {"pattern"}
+
+
+def test_ideal_map_sits_on_the_referent_and_bounds_the_box_step():
+    from minilocal.geometry import Geometry
+    from minilocal.grounding import ground
+
+    for i in range(5):
+        it = W.shapes_item("heldout", i, W.WIDE)
+        geo = Geometry.pad_to_square(it.image.size, (24, 24))
+        a = evaluate.ideal_attn(it, geo)  # [1, 1, 24, 24]
+        assert a.shape == (1, 1, 24, 24) and abs(a.sum() - 1) < 1e-9 and (a >= 0).all()
+        on = geo.image_mask_to_grid(it.mask) > 0
+        assert (a[0, 0][~on] == 0).all()  # nothing off the referent's cells
+        # half the maximum keeps the cells mostly covered: a box close to the object's
+        box = ground(a, [(0, 0)], geo, threshold=0.5).box
+        assert box_iou(box, it.box) > 0.6
+        # the paper's threshold keeps every cell the object touches, and more
+        paper = ground(a, [(0, 0)], geo).box
+        assert paper[0] <= box[0] and paper[1] <= box[1] and paper[2] >= box[2] and paper[3] >= box[3]

@@ -19,7 +19,8 @@ toy model but the dataset):
    It also reports the mIoU of the pseudo mask (upsampled to the image) and, when a SAM is
    given, of the SAM-refined mask, and the selected heads' Acc@0.5 broken down by
    expression kind, object size, fill, shape and image size (:func:`breakdowns`), with the
-   median ratio of the predicted box's area to the true box's (above 1: boxes too large).
+   median ratio of the predicted box's area to the true box's (above 1: boxes too large),
+   and the box step's own limit: its Acc@0.5 on an ideal head's map (:func:`ideal_attn`).
 
 ``--world drawn`` (or ``wide``) evaluates on another world of
 :data:`minilocal.toy.world.WORLDS` than the one the model was trained on, e.g. pictures
@@ -165,22 +166,25 @@ def item_groups(item) -> dict[str, str]:
     }
 
 
-def breakdowns(items, boxes) -> dict[str, dict[str, dict]]:
+def breakdowns(items, boxes, ideal_boxes=None) -> dict[str, dict[str, dict]]:
     """Acc@0.5 of the boxes by object size, fill, shape and image size.
 
     Args:
         items: The shapes items.
         boxes: The predicted box of each item ([4] xyxy or None).
+        ideal_boxes: Optionally, the box of the same box step on each item's
+            :func:`ideal_attn` (the box step's own limit in each group).
 
     Returns:
         {"by_object_size" | "by_fill" | "by_shape" | "by_image_size": {group: {"n",
-        "acc@0.5", "mean_box_iou", "median_box_area_ratio"}}}, groups in bin order (only
-        the groups that occur).
+        "acc@0.5", "mean_box_iou", "median_box_area_ratio"[, "acc@0.5_ideal_map"]}}},
+        groups in bin order (only the groups that occur).
 
     Book: ``book/05_grounding.ipynb``.
     """
     gts = [it.box for it in items]
     ious, ratios = _ious(boxes, gts), _area_ratios(boxes, gts)
+    ideal = None if ideal_boxes is None else _ious(ideal_boxes, gts)
     groups = [item_groups(it) for it in items]
     order = {"object_size": [b[0] for b in OBJECT_SIZE_BINS], "fill": ["pattern", "flat"],
              "shape": list(W.SHAPES), "image_size": [b[0] for b in IMAGE_SIZE_BINS]}
@@ -194,8 +198,27 @@ def breakdowns(items, boxes) -> dict[str, dict[str, dict]]:
                                "acc@0.5": round(float((ious[idx] >= 0.5).mean()), 4),
                                "mean_box_iou": round(float(ious[idx].mean()), 4),
                                "median_box_area_ratio": round(float(np.median(ratios[idx])), 3)}
+                if ideal is not None:
+                    table[name]["acc@0.5_ideal_map"] = round(float((ideal[idx] >= 0.5).mean()), 4)
         out[f"by_{key}"] = table
     return out
+
+
+def ideal_attn(item, geometry) -> np.ndarray:
+    """[1, 1, h, w] attention of an ideal head: the referent's mask averaged over each cell.
+
+    A head that looks at the referent and nowhere else. Its box under a threshold is the
+    best that box step can do on this grid: what it loses there is the box step's, not
+    the heads'.
+
+    Args:
+        item: A shapes item (its mask is used).
+        geometry: The item's grid-to-image map (from the adapter's ``Prepared``).
+
+    Book: ``book/05_grounding.ipynb``.
+    """
+    cells = geometry.image_mask_to_grid(item.mask)  # [h, w] share of each cell on the object
+    return (cells / max(float(cells.sum()), 1e-12))[None, None]
 
 
 #: Variants of the box step scored beside the paper's (same maps, no new forward), to see
@@ -287,6 +310,9 @@ def heldout_report(
     acc_centre, _ = _acc_and_iou(centre, gts)
 
     pseudo_iou = [mask_iou(g.mask, it.mask) for g, it in zip(sel, items)]
+    ideal = [ideal_attn(it, p.geometry) for it, p in zip(items, preps)]  # [1, 1, h, w] each
+    ideal_boxes = {name: [ground(a, [(0, 0)], p.geometry, **kw).box for a, p in zip(ideal, preps)]
+                   for name, kw in {"paper": {}, **BOX_STEP_VARIANTS}.items()}
     report = {
         "split": split,
         "first_item": start,
@@ -324,12 +350,16 @@ def heldout_report(
         "world": world.name,
         "median_box_area_ratio_selected": round(
             float(np.median(_area_ratios([g.box for g in sel], gts))), 3),
-        **breakdowns(items, [g.box for g in sel]),
+        **breakdowns(items, [g.box for g in sel], ideal_boxes["paper"]),
         "box_step_variants_selected": {
             name: round(_acc_and_iou([ground(attn[i], chosen, preps[i].geometry, **kw).box
                                       for i in range(N)], gts)[0], 4)
             for name, kw in BOX_STEP_VARIANTS.items()
         },
+        # the same box steps on an ideal head's map (the referent's mask on the grid): the
+        # box step's own limit, whatever the heads
+        "acc@0.5_ideal_map": {name: round(_acc_and_iou(b, gts)[0], 4)
+                              for name, b in ideal_boxes.items()},
     }
     for kind in ("attribute", "relational"):
         idx = [i for i, it in enumerate(items) if it.meta["kind"] == kind]
