@@ -41,10 +41,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
+from ..errors import DatasetError
 from ..grounding import ground
 from ..metrics import box_iou, mask_iou
 from ..selection import HeadTable, find_heads, format_head
-from ..errors import DatasetError
 from . import lvlm
 from . import world as W
 
