@@ -17,7 +17,14 @@ toy model but the dataset):
    * ``centre_box``: a box of the mean selection-split size in the middle of the image.
 
    It also reports the mIoU of the pseudo mask (upsampled to the image) and, when a SAM is
-   given, of the SAM-refined mask.
+   given, of the SAM-refined mask, and the selected heads' Acc@0.5 broken down by
+   expression kind, object size, fill, shape and image size (:func:`breakdowns`), with the
+   median ratio of the predicted box's area to the true box's (above 1: boxes too large),
+   and the box step's own limit: its Acc@0.5 on an ideal head's map (:func:`ideal_attn`).
+
+``--world drawn`` (or ``wide``) evaluates on another world of
+:data:`minilocal.toy.world.WORLDS` than the one the model was trained on, e.g. pictures
+as a user draws them (:data:`minilocal.toy.world.DRAWN`).
 
 Book: ``book/06_your_model.ipynb``.
 """
@@ -34,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
+from ..errors import DatasetError
 from ..grounding import ground
 from ..metrics import box_iou, mask_iou
 from ..selection import HeadTable, find_heads, format_head
@@ -117,6 +125,111 @@ def _acc_and_iou(boxes, gts) -> tuple[float, float]:
     return float((ious >= 0.5).mean()), float(ious.mean())
 
 
+def _area(box) -> float:
+    return float((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _area_ratios(boxes, gts) -> np.ndarray:
+    """Predicted box area / true box area per item (0 where there is no box)."""
+    return np.array([0.0 if b is None else _area(b) / _area(g) for b, g in zip(boxes, gts)])
+
+
+#: Bins of the breakdowns: the referent's longer box side as a fraction of the image side
+#: (on the shipped model's 24 x 24 grid, 0.15 is 3.6 cells), and the image side in pixels
+#: (the model's canvas is 96: below it the processor enlarges the picture, above it shrinks).
+OBJECT_SIZE_BINS: tuple[tuple[str, float, float], ...] = (
+    ("<0.15", 0.0, 0.15), ("0.15-0.25", 0.15, 0.25), ("0.25-0.35", 0.25, 0.35),
+    (">=0.35", 0.35, np.inf))
+IMAGE_SIZE_BINS: tuple[tuple[str, float, float], ...] = (
+    ("<96", 0, 96), ("96", 96, 97), ("97-143", 97, 144), (">=144", 144, np.inf))
+
+
+def _bin(value: float, bins) -> str:
+    return next(name for name, lo, hi in bins if lo <= value < hi)
+
+
+def item_groups(item) -> dict[str, str]:
+    """The group of one shapes item in each breakdown of the report.
+
+    Returns:
+        {"object_size": bin of the longer box side / image side (:data:`OBJECT_SIZE_BINS`),
+        "fill": "pattern" or "flat", "shape": the referent's kind, "image_size": bin of the
+        image side in pixels (:data:`IMAGE_SIZE_BINS`)}.
+    """
+    w, h = item.image.size
+    side = max(item.box[2] - item.box[0], item.box[3] - item.box[1]) / max(w, h)
+    return {
+        "object_size": _bin(float(side), OBJECT_SIZE_BINS),
+        "fill": item.meta.get("fill", "pattern"),
+        "shape": item.meta["shape"],
+        "image_size": _bin(float(max(w, h)), IMAGE_SIZE_BINS),
+    }
+
+
+def breakdowns(items, boxes, ideal_boxes=None) -> dict[str, dict[str, dict]]:
+    """Acc@0.5 of the boxes by object size, fill, shape and image size.
+
+    Args:
+        items: The shapes items.
+        boxes: The predicted box of each item ([4] xyxy or None).
+        ideal_boxes: Optionally, the box of the same box step on each item's
+            :func:`ideal_attn` (the box step's own limit in each group).
+
+    Returns:
+        {"by_object_size" | "by_fill" | "by_shape" | "by_image_size": {group: {"n",
+        "acc@0.5", "mean_box_iou", "median_box_area_ratio"[, "acc@0.5_ideal_map"]}}},
+        groups in bin order (only the groups that occur).
+
+    Book: ``book/05_grounding.ipynb``.
+    """
+    gts = [it.box for it in items]
+    ious, ratios = _ious(boxes, gts), _area_ratios(boxes, gts)
+    ideal = None if ideal_boxes is None else _ious(ideal_boxes, gts)
+    groups = [item_groups(it) for it in items]
+    order = {"object_size": [b[0] for b in OBJECT_SIZE_BINS], "fill": ["pattern", "flat"],
+             "shape": list(W.SHAPES), "image_size": [b[0] for b in IMAGE_SIZE_BINS]}
+    out = {}
+    for key, names in order.items():
+        table = {}
+        for name in names:
+            idx = [i for i, g in enumerate(groups) if g[key] == name]
+            if idx:
+                table[name] = {"n": len(idx),
+                               "acc@0.5": round(float((ious[idx] >= 0.5).mean()), 4),
+                               "mean_box_iou": round(float(ious[idx].mean()), 4),
+                               "median_box_area_ratio": round(float(np.median(ratios[idx])), 3)}
+                if ideal is not None:
+                    table[name]["acc@0.5_ideal_map"] = round(float((ideal[idx] >= 0.5).mean()), 4)
+        out[f"by_{key}"] = table
+    return out
+
+
+def ideal_attn(item, geometry) -> np.ndarray:
+    """[1, 1, h, w] attention of an ideal head: the referent's mask averaged over each cell.
+
+    A head that looks at the referent and nowhere else. Its box under a threshold is the
+    best that box step can do on this grid: what it loses there is the box step's, not
+    the heads'.
+
+    Args:
+        item: A shapes item (its mask is used).
+        geometry: The item's grid-to-image map (from the adapter's ``Prepared``).
+
+    Book: ``book/05_grounding.ipynb``.
+    """
+    cells = geometry.image_mask_to_grid(item.mask)  # [h, w] share of each cell on the object
+    return (cells / max(float(cells.sum()), 1e-12))[None, None]
+
+
+#: Variants of the box step scored beside the paper's (same maps, no new forward), to see
+#: whether loose boxes come from the threshold: never the method's default.
+BOX_STEP_VARIANTS: dict[str, dict] = {
+    "> 0.3 x max": {"threshold": 0.3},
+    "> 0.5 x max": {"threshold": 0.5},
+    "> mean, largest component": {"component": "largest"},
+}
+
+
 def heldout_report(
     model_dir: str | Path | None = None,
     heads: HeadTable | list | None = None,
@@ -126,6 +239,7 @@ def heldout_report(
     seed: int = 0,
     split: str = "heldout",
     start: int = 0,
+    world: W.WorldConfig | str | None = None,
     progress: bool = True,
 ) -> dict:
     """Held-out REC/RES figures of the chosen heads next to the references (module doc).
@@ -140,6 +254,9 @@ def heldout_report(
             models without looking at the held-out split; use ``start`` past the items
             the head search used).
         start: First item of the split.
+        world: The world the items come from: None (the model's own training world), a
+            :class:`~minilocal.toy.world.WorldConfig`, or a name of
+            :data:`minilocal.toy.world.WORLDS` ("shapes", "drawn", "wide").
 
     Returns:
         A JSON-able dict of figures (Acc@0.5 as fractions) and the settings.
@@ -153,7 +270,13 @@ def heldout_report(
     if heads is None:
         heads = HeadTable.from_json(folder / "heads.json")
     chosen = [tuple(h) for h in (heads.heads if isinstance(heads, HeadTable) else heads)]
-    world = lvlm.world_of(model)
+    if world is None:
+        world = lvlm.world_of(model)
+    elif isinstance(world, str):
+        if world not in W.WORLDS:
+            raise DatasetError(f"unknown world {world!r}",
+                               f"use one of {', '.join(W.WORLDS)} (or a WorldConfig).")
+        world = W.WORLDS[world]
     if split not in ("heldout", "selection"):
         raise ValueError(f"split {split!r}: use 'heldout' or 'selection'")
     items = list(W.shapes_dataset(split, n_items, start, cfg=world))
@@ -187,6 +310,9 @@ def heldout_report(
     acc_centre, _ = _acc_and_iou(centre, gts)
 
     pseudo_iou = [mask_iou(g.mask, it.mask) for g, it in zip(sel, items)]
+    ideal = [ideal_attn(it, p.geometry) for it, p in zip(items, preps)]  # [1, 1, h, w] each
+    ideal_boxes = {name: [ground(a, [(0, 0)], p.geometry, **kw).box for a, p in zip(ideal, preps)]
+                   for name, kw in {"paper": {}, **BOX_STEP_VARIANTS}.items()}
     report = {
         "split": split,
         "first_item": start,
@@ -221,6 +347,19 @@ def heldout_report(
         # per held-out item, in order: the box IoU of the selected heads (tests recompute
         # a prefix of these from the shipped weights)
         "box_iou_selected": [round(float(v), 4) for v in _ious([g.box for g in sel], gts)],
+        "world": world.name,
+        "median_box_area_ratio_selected": round(
+            float(np.median(_area_ratios([g.box for g in sel], gts))), 3),
+        **breakdowns(items, [g.box for g in sel], ideal_boxes["paper"]),
+        "box_step_variants_selected": {
+            name: round(_acc_and_iou([ground(attn[i], chosen, preps[i].geometry, **kw).box
+                                      for i in range(N)], gts)[0], 4)
+            for name, kw in BOX_STEP_VARIANTS.items()
+        },
+        # the same box steps on an ideal head's map (the referent's mask on the grid): the
+        # box step's own limit, whatever the heads
+        "acc@0.5_ideal_map": {name: round(_acc_and_iou(b, gts)[0], 4)
+                              for name, b in ideal_boxes.items()},
     }
     for kind in ("attribute", "relational"):
         idx = [i for i, it in enumerate(items) if it.meta["kind"] == kind]
@@ -257,6 +396,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="heldout", choices=["heldout", "selection"],
                     help="evaluate on this split (selection: to compare candidate models)")
     ap.add_argument("--start", type=int, default=0, help="first item of the split")
+    ap.add_argument("--world", default="model", choices=["model", *W.WORLDS],
+                    help="world of the items: the model's own (default), or a named one "
+                         "(drawn: pictures as a user draws them; wide: flat and patterned "
+                         "fills, small objects, 64-200 px images)")
     ap.add_argument("--sam", default="shapes",
                     help="SAM for the RES figure: 'shapes' (embedded), a checkpoint, or 'none'")
     ap.add_argument("--cache-dir", default=None, help="resumable head-search cache")
@@ -274,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sam = load_sam("segment-anything", a.sam)
     report = heldout_report(a.model, n_items=a.heldout_items, sam=sam, split=a.split,
-                            start=a.start)
+                            start=a.start, world=None if a.world == "model" else a.world)
     text = json.dumps(report, indent=1)
     print(text)
     if a.out:

@@ -18,6 +18,16 @@ can be rebuilt alone, the train stream is unlimited, and the fixed splits "train
 Items come as :class:`minilocal.data.GroundingItem` (ids like ``"shapes/heldout/000042"``)
 with the image, the box (xyxy pixels) and the mask, like the RefCOCO loaders.
 
+The default :class:`WorldConfig` is the world the shipped model was trained on (patterned
+fills, two size classes, 96 px images). Options widen it: a share of flat-filled objects
+(``flat``), a per-scene scale of the objects (``scale``, small objects too), a range of
+image sides (``image_sizes``: the item is drawn at that side and the processor resizes it,
+as it does a user's picture) and a subset of the shape kinds (``shapes``). Two presets use
+them: :data:`DRAWN`, pictures made the way a user draws them (flat circles and squares,
+2-3 objects, 64-200 px), and :data:`WIDE`, a world that holds patterned and flat fills,
+small and large objects and several image sides. Options left at their defaults draw
+nothing from the random stream, so the default world's items are unchanged.
+
 Book: ``book/01_attention.ipynb`` (the embedded model's world).
 """
 
@@ -81,7 +91,20 @@ class WorldConfig:
         texture: Fill each shape kind with its own pattern (:data:`TEXTURES`), so that a
             small patch inside an object shows the object's kind (the embedded LVLM's
             vision features are local to each patch; see ``experiments/LOG.md``). On by
-            default: the shipped model was trained on textured shapes.
+            default: the shipped model was trained on textured shapes. Off: every object
+            is flat.
+        flat: With ``texture`` on, the probability that an object is drawn with a flat
+            fill instead of its kind's pattern (drawn per object; 0: none, 1: all). A
+            circle's pattern is already solid, so a flat circle looks like a patterned one.
+        scale: (min, max) factor on the object sides, drawn once per scene: below 1 the
+            scene's objects are smaller (``small`` and ``big`` keep their order within
+            the scene). (1, 1): no draw.
+        image_sizes: (min, max) side in pixels of the drawn image, drawn per item, or None
+            for ``image_size``. The model's processor resizes it to its canvas.
+        shapes: The shape kinds a scene draws from (a subset of :data:`SHAPES`, in that
+            order).
+        name: The world's name, the first part of its items' ids (``"shapes/heldout/..."``)
+            and the dataset name, so that items of two worlds never share an id.
     """
 
     image_size: int = 96
@@ -96,6 +119,35 @@ class WorldConfig:
     twin: float = 0.3
     supersample: int = 4
     texture: bool = True
+    flat: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    image_sizes: tuple[int, int] | None = None
+    shapes: tuple[str, ...] = SHAPES
+    name: str = "shapes"
+
+    def __post_init__(self):
+        if not 0.0 <= self.flat <= 1.0:
+            raise DatasetError(f"WorldConfig.flat = {self.flat}", "use a share in [0, 1].")
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi:
+            raise DatasetError(f"WorldConfig.scale = {self.scale}",
+                               "use (min, max) factors with 0 < min <= max, e.g. (0.35, 1.0).")
+        if self.image_sizes is not None:
+            a, b = self.image_sizes
+            if not 16 <= a <= b:
+                raise DatasetError(f"WorldConfig.image_sizes = {self.image_sizes}",
+                                   "use (min, max) sides in pixels with 16 <= min <= max, "
+                                   "or None for image_size.")
+        if not self.shapes or len(set(self.shapes)) != len(self.shapes) or not set(
+                self.shapes) <= set(SHAPES):
+            raise DatasetError(f"WorldConfig.shapes = {self.shapes}",
+                               f"use distinct kinds among {', '.join(SHAPES)}.")
+
+    def fills(self) -> tuple[str, ...]:
+        """The fills objects of this world can have ("pattern", "flat")."""
+        if not self.texture or self.flat >= 1:
+            return ("flat",)
+        return ("pattern", "flat") if self.flat > 0 else ("pattern",)
 
 
 #: Fill pattern of each shape kind when ``WorldConfig.texture`` is on. Its bands are 1/48
@@ -107,6 +159,33 @@ TEXTURES: dict[str, str] = {
     "triangle": "vertical stripes",
     "diamond": "checks",
 }
+
+
+#: Pictures made the way a new user draws them (issue 16): flat-coloured circles and
+#: squares, no pattern, on the grey background, 2-3 objects, square images of 64 to 200
+#: pixels, attribute expressions ("the red square"); objects of 0.6 to 1 times the default
+#: sizes. Its items come from the held-out stream (never used for any choice) under their
+#: own ids (``"drawn/heldout/000000"``).
+DRAWN = WorldConfig(
+    name="drawn", texture=False, min_objects=2, max_objects=3, shapes=("circle", "square"),
+    image_sizes=(64, 200), scale=(0.6, 1.0), relational=0.0, twin=0.0,
+)
+
+#: A wider world to train and evaluate on: half the objects flat, the other half
+#: patterned; scenes scaled by 0.35 to 1 (objects from about 0.1 of the image side, a few
+#: grid cells, up to the default sizes); image sides of 64 to 200 pixels.
+WIDE = WorldConfig(name="wide", flat=0.5, scale=(0.35, 1.0), image_sizes=(64, 200))
+
+#: The named worlds (``python -m minilocal.toy.evaluate --world NAME``).
+WORLDS: dict[str, WorldConfig] = {"shapes": WorldConfig(), "drawn": DRAWN, "wide": WIDE}
+
+
+def drawn_dataset(n: int = 100, start: int = 0) -> GroundingDataset:
+    """Pictures as a user draws them: items ``start .. start + n - 1`` of :data:`DRAWN`.
+
+    Book: ``book/05_grounding.ipynb``.
+    """
+    return shapes_dataset("heldout", n, start, cfg=DRAWN)
 
 
 def _pattern(shape: str, side: int, band: float) -> np.ndarray:
@@ -137,12 +216,14 @@ class ShapeObject:
         shape: One of :data:`SHAPES`.
         size: "small" or "big".
         box: (x0, y0, x1, y1) of the shape's square frame in image pixels (float).
+        fill: "pattern" (its kind's pattern, :data:`TEXTURES`) or "flat".
     """
 
     color: str
     shape: str
     size: str
     box: tuple[float, float, float, float]
+    fill: str = "pattern"
 
     @property
     def center(self) -> tuple[float, float]:
@@ -186,9 +267,14 @@ def _polygon(shape: str, box: tuple[float, float, float, float]) -> list[tuple[f
     raise ValueError(shape)
 
 
-def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Draw the objects; returns image [S, S, 3] uint8 and masks [n, S, S] bool."""
-    S, k = cfg.image_size, cfg.supersample
+def _render(
+    objects: list[ShapeObject], cfg: WorldConfig, side: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the objects on an image of ``side`` pixels (default ``cfg.image_size``).
+
+    Returns image [S, S, 3] uint8 and masks [n, S, S] bool.
+    """
+    S, k = (cfg.image_size if side is None else side), cfg.supersample
     big = Image.new("RGB", (S * k, S * k), BACKGROUND)
     masks = []
     for obj in objects:
@@ -202,7 +288,7 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
         else:
             ldraw.polygon(_polygon(obj.shape, sbox), fill=255)
         # the shape is drawn once, into its mask layer; the image takes its colour there
-        if cfg.texture:
+        if obj.fill == "pattern":
             inside = np.asarray(layer) > 0  # [S*k, S*k]
             dark = _pattern(obj.shape, S * k, S * k / 48)[..., None]  # [S*k, S*k, 1]
             fill = np.asarray(COLORS[obj.color], np.float64) * (1.0 - 0.4 * dark)
@@ -217,9 +303,12 @@ def _render(objects: list[ShapeObject], cfg: WorldConfig) -> tuple[np.ndarray, n
     return image, np.stack(masks)
 
 
-def _place(rng: np.random.Generator, sides: list[float], cfg: WorldConfig):
-    """Non-overlapping square frames for objects of the given sides (pixels), or None."""
-    S = cfg.image_size
+def _place(rng: np.random.Generator, sides: list[float], cfg: WorldConfig, S: int | None = None):
+    """Non-overlapping square frames for objects of the given sides (pixels), or None.
+
+    ``S`` is the image side (default ``cfg.image_size``).
+    """
+    S = cfg.image_size if S is None else S
     gap, margin = cfg.gap * S, cfg.margin * S
     boxes: list[tuple[float, float, float, float]] = []
     for side in sides:
@@ -242,7 +331,10 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> 
     """Draw a random scene: 2-5 objects (fewer if they do not fit), with distractors.
 
     The first object is the "seed" whose colour or shape later objects copy with
-    probability ``cfg.distractor``, so scenes hold objects of the same kind.
+    probability ``cfg.distractor``, so scenes hold objects of the same kind. The image
+    side, the scene's scale and the flat fills are drawn only when the world asks for
+    them (``image_sizes``, ``scale``, ``flat``), so the default world's scenes do not
+    depend on those options.
 
     Args:
         rng: The random generator (consumed).
@@ -253,7 +345,10 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> 
 
     Book: ``book/01_attention.ipynb``.
     """
-    colors, shapes = list(COLORS), list(SHAPES)
+    colors, shapes = list(COLORS), list(cfg.shapes)
+    S = cfg.image_size
+    if cfg.image_sizes is not None:
+        S = int(rng.integers(cfg.image_sizes[0], cfg.image_sizes[1] + 1))
     while True:
         n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
         attrs = []
@@ -272,24 +367,31 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> 
             attrs[-1] = attrs[int(rng.integers(n - 1))]
         # big objects first: they are the hardest to place
         order = sorted(range(n), key=lambda i: attrs[i][2] != "big")
+        f = 1.0 if tuple(cfg.scale) == (1.0, 1.0) else float(rng.uniform(*cfg.scale))
         sides = [
-            rng.uniform(*(cfg.big if attrs[i][2] == "big" else cfg.small)) * cfg.image_size
+            rng.uniform(*(cfg.big if attrs[i][2] == "big" else cfg.small)) * S * f
             for i in order
         ]
         boxes = None
         while boxes is None and sides:
-            boxes = _place(rng, sides, cfg)
+            boxes = _place(rng, sides, cfg, S)
             if boxes is None:
                 if len(sides) <= cfg.min_objects:
                     break
                 sides, order = sides[:-1], order[:-1]  # drop the last (smallest) object
         if boxes is None:
             continue
+        if not cfg.texture or cfg.flat >= 1:
+            fills = ["flat"] * len(boxes)
+        elif cfg.flat > 0:
+            fills = ["flat" if rng.random() < cfg.flat else "pattern" for _ in boxes]
+        else:
+            fills = ["pattern"] * len(boxes)
         objects = [
-            ShapeObject(attrs[i][0], attrs[i][1], attrs[i][2], tuple(float(v) for v in b))
-            for i, b in zip(order, boxes)
+            ShapeObject(attrs[i][0], attrs[i][1], attrs[i][2], tuple(float(v) for v in b), fl)
+            for i, b, fl in zip(order, boxes, fills)
         ]
-        image, masks = _render(objects, cfg)
+        image, masks = _render(objects, cfg, S)
         if all(m.any() for m in masks):
             return Scene(objects, image, masks)
 
@@ -520,16 +622,17 @@ def shapes_sample(split: str, index: int, cfg: WorldConfig = WorldConfig(), ques
     return sample(item_rng(split, index), cfg, questions)
 
 
-def _item_from_sample(split: str, index: int, s: ShapesSample) -> GroundingItem:
+def _item_from_sample(split: str, index: int, s: ShapesSample, name: str = "shapes"
+                      ) -> GroundingItem:
     t = s.targets[0]
     image, mask = s.scene.image, s.scene.masks[t]
     obj = s.scene.objects[t]
     return GroundingItem(
-        item_id=f"shapes/{split}/{index:06d}",
+        item_id=f"{name}/{split}/{index:06d}",
         expr=s.exprs[0],
         box=s.scene.box(t),
-        image_id=f"shapes/{split}/{index:06d}",
-        dataset="shapes",
+        image_id=f"{name}/{split}/{index:06d}",
+        dataset=name,
         split=split,
         load_image=partial(Image.fromarray, image),
         load_mask=mask.copy,
@@ -540,6 +643,7 @@ def _item_from_sample(split: str, index: int, s: ShapesSample) -> GroundingItem:
             "color": obj.color,
             "shape": obj.shape,
             "size": obj.size,
+            "fill": obj.fill,
         },
     )
 
@@ -553,14 +657,15 @@ def shapes_item(split: str, index: int, cfg: WorldConfig = WorldConfig()) -> Gro
         cfg: World geometry (the default is the world of the shipped model).
 
     Returns:
-        The item; its id is ``"shapes/<split>/<index:06d>"``.
+        The item; its id is ``"<cfg.name>/<split>/<index:06d>"`` (``"shapes/..."`` for
+        the default world).
 
     Raises:
         DatasetError: Unknown split or negative index.
 
     Book: ``book/01_attention.ipynb``.
     """
-    return _item_from_sample(split, index, shapes_sample(split, index, cfg))
+    return _item_from_sample(split, index, shapes_sample(split, index, cfg), cfg.name)
 
 
 def shapes_dataset(
@@ -574,7 +679,7 @@ def shapes_dataset(
         raise DatasetError(f"negative dataset size {n}", "ask for n >= 0 items.")
     item_rng(split, start)  # an unknown split or a negative start raises now, not on first use
     return GroundingDataset(_ShapesItems(split, range(start, start + n), cfg),
-                            name=f"shapes/{split}")
+                            name=f"{cfg.name}/{split}")
 
 
 class _ShapesItems(Sequence):
