@@ -37,7 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import exercises
-from .exercises import BADGE, COLAB_PINS, colab_url, install_cell_source
+from .exercises import BADGE, colab_url, install_cell_source
+from .exercises import COLAB_PINS as COLAB_PINS  # re-exported: the install line's pins
 from .exercises import EXTRAS as EXTRAS  # re-exported: part of the Colab cells' vocabulary
 
 #: The notebooks with Colab cells, relative to the repository root.

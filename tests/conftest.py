@@ -27,3 +27,23 @@ def tiny_llava_pair():
     from tiny_models import tiny_llava
 
     return tiny_llava()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random LLaVA saved to a folder (model + processor), as a user's model folder."""
+    from tiny_models import tiny_llava
+
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    model, processor = tiny_llava()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def refer_root(tmp_path_factory):
+    """A folder of refer-toolkit files for a few fake RefCOCO items."""
+    import refcoco_fixtures as F
+
+    return F.write_refer(tmp_path_factory.mktemp("refer"))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import refcoco_fixtures as F
 import torch
 from PIL import Image
 
@@ -543,22 +542,6 @@ def test_find_heads_skips_an_item_that_raises():
 
 
 # -- the CLI ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tiny_models import tiny_llava
-
-    folder = tmp_path_factory.mktemp("tiny-llava")
-    model, processor = tiny_llava()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def refer_root(tmp_path_factory):
-    return F.write_refer(tmp_path_factory.mktemp("refer"))
 
 
 @pytest.fixture()

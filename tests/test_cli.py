@@ -9,26 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import refcoco_fixtures as F
 from PIL import Image
-from tiny_models import tiny_llava
 
 from minilocal.cli import main
 from minilocal.selection import HeadTable
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llava")
-    model, processor = tiny_llava()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def refer_root(tmp_path_factory):
-    return F.write_refer(tmp_path_factory.mktemp("refer"))
 
 
 def _json_out(capsys):
