@@ -389,3 +389,35 @@ def test_planter_adds_the_sharpening_term(tmp_path):
     with pytest.raises(ValueError, match="plant-sharpen"):
         train.train(replace(cfg, plant_sharpen=-1.0, plant=((1, 1),)), None, progress=False)
     assert train._parse(["--plant-sharpen", "0.05"])[0].plant_sharpen == 0.05
+
+
+def test_worker_processes_render_the_same_batches_and_weights():
+    """--workers only changes where the batches are rendered: same batches, same weights."""
+    cfg = train.TrainConfig(spec=TINY, steps=3, batch=2, questions=2, warmup=1,
+                            probe_every=0, probe_items=1, background_dropout=0.5)
+    processor = lvlm.build_processor(TINY)
+    here = list(train.batches(1, cfg, processor, targets=True))
+    there = list(train.batches(1, cfg, processor, targets=True, workers=2))
+    assert len(here) == len(there) == 2
+    for (a, na, ma), (b, nb, mb) in zip(here, there):
+        assert a.keys() == b.keys() and na == nb
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+        assert all(np.array_equal(x, y) for rx, ry in zip(ma, mb) for x, y in zip(rx, ry))
+    w0 = train.train(cfg, None, progress=False)["model"]
+    w2 = train.train(cfg, None, progress=False, workers=2)["model"]
+    for p, q in zip(w0.parameters(), w2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_command_line_world_presets():
+    default, *_ = train._parse([])
+    assert default.world == W.WorldConfig()  # the shipped model's world
+    wide, *_ = train._parse(["--world", "wide"])
+    assert wide.world == W.WIDE
+    drawn, *_ = train._parse(["--world", "drawn"])
+    assert drawn.world == W.DRAWN and not drawn.world.texture
+    flat, *_ = train._parse(["--no-texture"])
+    assert flat.world == replace(W.WorldConfig(), texture=False)
+    with pytest.raises(SystemExit):
+        train._parse(["--world", "crowded"])

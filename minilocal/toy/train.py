@@ -209,6 +209,50 @@ def make_batch(step: int, cfg: TrainConfig, processor, targets: bool = False):
     return (batch, n, maps) if targets else (batch, n)
 
 
+_WORKER: dict = {}
+
+
+def _worker_init(spec) -> None:
+    torch.set_num_threads(1)
+    _WORKER["processor"] = lvlm.build_processor(spec)
+
+
+def _worker_batch(step: int, cfg: "TrainConfig", targets: bool):
+    """A batch rendered in a worker process, as numpy arrays (no tensor crosses the pipe)."""
+    made = make_batch(step, replace(cfg, device="cpu"), _WORKER["processor"], targets)
+    return ({k: v.numpy() for k, v in made[0].items()},) + tuple(made[1:])
+
+
+def batches(first: int, cfg: "TrainConfig", processor, targets: bool, workers: int = 0):
+    """The batches of steps ``first .. cfg.steps - 1`` in order (:func:`make_batch`).
+
+    With ``workers`` > 0 they are rendered ahead by that many processes (2 x workers batches
+    in flight at most). The batch of a step depends on the step only, so the batches, and
+    the trained weights, are the same whatever the number of workers; only the time
+    changes (rendering the scenes, not the model, bounds a step on a GPU: LOG section 2).
+    """
+    if workers <= 0:
+        for step in range(first, cfg.steps):
+            yield make_batch(step, cfg, processor, targets)
+        return
+    import multiprocessing as mp
+    from collections import deque
+
+    with mp.get_context("spawn").Pool(workers, _worker_init, (cfg.spec,)) as pool:
+        pending: deque = deque()
+        steps = iter(range(first, cfg.steps))
+        for step in steps:
+            pending.append(pool.apply_async(_worker_batch, (step, cfg, targets)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            arrays, *rest = pending.popleft().get()
+            nxt = next(steps, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(_worker_batch, (nxt, cfg, targets)))
+            yield ({k: torch.from_numpy(v).to(cfg.device) for k, v in arrays.items()}, *rest)
+
+
 #: First train-split index of stage 0's expressions (far from the image stage's items).
 TEXT_STAGE_START = 10**8
 #: Scenes whose expressions stage 0 draws from.
@@ -466,7 +510,7 @@ def _probe_summary(p: dict) -> dict:
 
 
 def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True,
-          checkpoint_every: int = 100, command: str | None = None) -> dict:
+          checkpoint_every: int = 100, command: str | None = None, workers: int = 0) -> dict:
     """Train a shapes LVLM from scratch; save it (and its report) to ``out``.
 
     An interrupted run RESUMES: with ``out``, the run saves its state (model, optimiser,
@@ -482,6 +526,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         progress: Show a tqdm progress bar.
         checkpoint_every: Steps between checkpoints (0: none; only with ``out``).
         command: The command line to record in the report (default: this process's).
+        workers: Processes that render the batches ahead (0: none, in this process). The
+            weights do not depend on it (:func:`batches`); it is not part of the config.
 
     Returns:
         The training report (config, loss curve, probes, time, threads, versions; with
@@ -552,10 +598,10 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
         ckpt.save(0, model, opt, report)  # after stage 0
     bar = tqdm(range(first, cfg.steps), initial=first, total=cfg.steps, disable=not progress,
                desc="train", dynamic_ncols=True)
-    for step in bar:
+    stream = batches(first, cfg, processor, planter is not None, workers)
+    for step, made in zip(bar, stream):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        made = make_batch(step, cfg, processor, targets=planter is not None)
         batch, maps = made[0], made[-1]
         out_ = model(**batch)
         loss = out_.loss
@@ -648,8 +694,16 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
     ap.add_argument("--plant-sharpen", type=float, default=cfg.plant_sharpen,
                     help="weight of the planting loss's sharpening term (attention left far "
                          "from the referent; default: %(default)s, none)")
-    ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=cfg.world.texture,
-                    help="draw each shape kind with its own texture (world.TEXTURES)")
+    ap.add_argument("--world", default="shapes", choices=list(W.WORLDS),
+                    help="the world to train on: shapes (the shipped model's), wide (flat and "
+                         "patterned fills, small to large objects, 64-200 px pictures) or drawn "
+                         "(flat circles and squares as a user draws them); default: %(default)s")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes that render the batches ahead (0: none); the weights do not "
+                         "depend on it")
+    ap.add_argument("--texture", action=argparse.BooleanOptionalAction, default=None,
+                    help="draw each shape kind with its own texture (world.TEXTURES); default: "
+                         "as the --world preset (on for shapes and wide, off for drawn)")
     a = ap.parse_args(argv)
     spec = replace(
         cfg.spec, layout=a.layout, patch_init_std=a.patch_init_std,
@@ -661,7 +715,9 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
 
     plant = tuple(parse_head(h) for h in a.plant.split(",") if h.strip())
     cfg = replace(
-        cfg, spec=spec, device=a.device, world=replace(cfg.world, texture=a.texture), init=a.init,
+        cfg, spec=spec, device=a.device, world=(W.WORLDS[a.world] if a.texture is None
+                                      else replace(W.WORLDS[a.world], texture=a.texture)),
+        init=a.init,
         plant=plant, plant_weight=a.plant_weight, plant_sharpen=a.plant_sharpen,
         **{f: getattr(a, f) for f in ("steps", "batch", "questions", "warmup", "seed", "threads",
                                       "probe_every", "probe_items", "start_index", "curriculum",
@@ -675,7 +731,12 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see ``--help``)."""
     cfg, out, checkpoint_every = _parse(argv)
-    report = train(cfg, out, checkpoint_every=checkpoint_every)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--workers", type=int, default=0)
+    workers = pre.parse_known_args(argv)[0].workers
+    if workers < 0:
+        raise SystemExit(f"--workers {workers}: pass 0 (render in this process) or more")
+    report = train(cfg, out, checkpoint_every=checkpoint_every, workers=workers)
     last = {k: v for k, v in (report["probes"][-1] if report["probes"] else {}).items()
             if k not in ("in_box", "pointing", "s_img")}
     print(json.dumps({"train_seconds": report["train_seconds"], "final_probe": last}, indent=1))
