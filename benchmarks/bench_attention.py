@@ -48,17 +48,24 @@ def build(preset: str, dtype, device, attn: str):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, max_position_embeddings=8192, **PRESETS[preset])
-    # Build the weights where they live, in their dtype: a 7B decoder initialised in float32
-    # on the CPU first takes minutes and 27 GB (a GPU run once timed out on exactly that).
+    model = construct(LlamaModel, cfg, dtype, device)
+    model.set_attn_implementation(attn)
+    return model
+
+
+def construct(cls, cfg, dtype, device):
+    """``cls(cfg)`` in eval mode, its weights created where they live, in their dtype: a 7B
+    decoder initialised in float32 on the CPU first takes minutes and 27 GB (a GPU run once
+    timed out on exactly that)."""
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaModel(cfg).eval()
+            return cls(cfg).eval()
     finally:
         torch.set_default_dtype(previous)
-    model.set_attn_implementation(attn)
-    return model
 
 
 def run_one(args) -> dict:

@@ -98,6 +98,7 @@ def build_llava_replica(folder: Path, scale_name: str, device: str) -> None:
     """A random LLaVA-1.5-7B (real widths for ``"real"``) with the real processor settings,
     saved to ``folder`` in float16 (float32 for ``"tiny"``)."""
     import torch
+    from bench_attention import construct
     from replicas import build_replica
     from transformers import (
         CLIPVisionConfig,
@@ -120,13 +121,7 @@ def build_llava_replica(folder: Path, scale_name: str, device: str) -> None:
     cfg = LlavaConfig(vision_config=vision, text_config=text,
                       image_token_id=tiny.config.image_token_id, vision_feature_layer=-2,
                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float16)
-    try:
-        with torch.device(device):
-            model = LlavaForConditionalGeneration(cfg).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    model = construct(LlavaForConditionalGeneration, cfg, torch.float16, device)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     del model

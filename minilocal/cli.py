@@ -212,18 +212,17 @@ def _overlay_path(args) -> Path:
 
 
 def _save_atomic(picture, out: Path) -> None:
-    import tempfile
+    """Write a PIL picture to ``out`` atomically, in the format its extension names."""
+    import io
+
+    from PIL import Image
+
+    from .selection import _atomic_write_bytes
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
-    os.close(fd)
-    try:
-        picture.save(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    picture.save(buffer, format=Image.registered_extensions()[out.suffix.lower()])
+    _atomic_write_bytes(out, buffer.getvalue())
 
 
 def cmd_ground(args) -> int:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .errors import CacheError, InputError
 from .metrics import Scores, item_record
-from .selection import _atomic_write_bytes
+from .selection import _atomic_write_bytes, _reason
 
 try:
     import fcntl
@@ -187,11 +187,6 @@ def run_meta(grounder, dataset) -> dict[str, Any]:
         "multimask": grounder.multimask,
         "dataset": getattr(dataset, "name", ""),
     }
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _record(grounder, it, key: str) -> dict:

@@ -24,7 +24,6 @@ from PIL import Image
 
 from .attention import Method
 from .errors import HeadTableError, InputError, MinilocalError, SamError, UnknownWordsWarning
-from .expressions import check_expression
 from .grounding import Component, Grounding, Threshold, ground
 from .images import MAX_PIXELS, load_image
 from .selection import HeadTable, parse_head
@@ -219,7 +218,6 @@ class Grounder:
         Book: ``book/05_grounding.ipynb``.
         """
         image = load_image(image, max_pixels=self.max_pixels)
-        check_expression(expr)
         attn, prepared = self.attention(image, expr)
         unknown = self.adapter.unknown_words(prepared.expr)
         if unknown:

@@ -91,17 +91,11 @@ def check_no_special_tokens(expr: str, processor) -> None:
     tok = getattr(processor, "tokenizer", processor)
     strings = special_token_strings(processor)
     inside = [t for t in strings if t in expr]
-    special_ids = set(getattr(tok, "all_special_ids", []) or [])
-    for idx, added in (getattr(tok, "added_tokens_decoder", None) or {}).items():
-        if getattr(added, "special", False):
-            special_ids.add(int(idx))
-    unk = getattr(tok, "unk_token_id", None)
-    special_ids.discard(unk)
-    if callable(tok):
-        ids = tok(expr, add_special_tokens=False)["input_ids"]
-        produced = [i for i in ids if i in special_ids]
-    else:
-        produced = []
+    produced = []
+    if not inside and callable(tok):
+        special_ids = set(tok.convert_tokens_to_ids(strings)) - {tok.unk_token_id}
+        produced = [i for i in tok(expr, add_special_tokens=False)["input_ids"]
+                    if i in special_ids]
     if inside or produced:
         named = inside or [tok.convert_ids_to_tokens(i) for i in produced]
         raise ExpressionError(
@@ -135,7 +129,7 @@ def unknown_words(expr: str, processor) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def known_words(processor, limit: int = 300) -> list[str]:
+def known_words(processor, limit: int = 300) -> list[str] | None:
     """The alphabetic words of a tokenizer's vocabulary (for messages about unknown words;
     None when the vocabulary is larger than ``limit``, i.e. an open one)."""
     tok = getattr(processor, "tokenizer", processor)

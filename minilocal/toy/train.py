@@ -217,13 +217,13 @@ def _worker_init(spec) -> None:
     _WORKER["processor"] = lvlm.build_processor(spec)
 
 
-def _worker_batch(step: int, cfg: "TrainConfig", targets: bool):
+def _worker_batch(step: int, cfg: TrainConfig, targets: bool):
     """A batch rendered in a worker process, as numpy arrays (no tensor crosses the pipe)."""
     made = make_batch(step, replace(cfg, device="cpu"), _WORKER["processor"], targets)
     return ({k: v.numpy() for k, v in made[0].items()},) + tuple(made[1:])
 
 
-def batches(first: int, cfg: "TrainConfig", processor, targets: bool, workers: int = 0):
+def batches(first: int, cfg: TrainConfig, processor, targets: bool, workers: int = 0):
     """The batches of steps ``first .. cfg.steps - 1`` in order (:func:`make_batch`).
 
     With ``workers`` > 0 they are rendered ahead by that many processes (2 x workers batches
