@@ -253,10 +253,14 @@ def cmd_ground(args) -> int:
     return 0
 
 
-def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
+def _add_data_args(p: argparse.ArgumentParser, split: str, shapes_split: str) -> None:
+    """The dataset arguments; ``--split`` defaults to ``split`` (RefCOCO*) or
+    ``shapes_split`` (the shapes world, whose splits are train, selection and heldout)."""
     p.add_argument("--dataset", required=True,
                    help="refcoco, refcoco+, refcocog, or shapes (the embedded toy world)")
-    p.add_argument("--split", default=split, help=f"split (default: {split})")
+    p.add_argument("--split", default=None,
+                   help=f"split (default: {split}; {shapes_split} for shapes)")
+    p.set_defaults(default_splits=(split, shapes_split))
     p.add_argument("--root", default=None, help="folder with the dataset files (RefCOCO*)")
     p.add_argument("--image-dir", default=None, help="COCO train2014 folder (refer, jxu124)")
     p.add_argument("--source", default=None, choices=["refer", "jxu124", "lmms-lab"],
@@ -419,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("find-heads", help="find a model's localization heads (head table JSON)")
     _add_model_args(p)
-    _add_data_args(p, "train")
+    _add_data_args(p, "train", "selection")
     p.add_argument("--n", type=_int(1), default=1000, help="samples per repeat (1000)")
     p.add_argument("--repeats", type=_int(1), default=5, help="random draws (5)")
     p.add_argument("--seed", type=_int(0), default=0, help="repeat r uses seed + r (>= 0)")
@@ -440,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="ground a dataset split; Acc@0.5, mIoU, cIoU")
     _add_model_args(p)
     _add_grounding_args(p)
-    _add_data_args(p, "val")
+    _add_data_args(p, "val", "heldout")
     p.add_argument("--limit", type=_int(1), default=None,
                    help="only the first N expressions (N >= 1)")
     p.add_argument("-o", "--out", default=None,
@@ -470,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "default_splits", None) and args.split is None:
+        refcoco, shapes = args.default_splits
+        args.split = shapes if args.dataset == "shapes" else refcoco
     warnings.showwarning = _show_warning
     try:
         return args.func(args)

@@ -113,3 +113,20 @@ def test_quantization_option_reaches_the_loader(model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "4bit" in err or "bitsandbytes" in err or "CUDA" in err
     assert "Fix:" in err
+
+
+def test_eval_on_shapes_defaults_to_its_heldout_split(tmp_path, capsys):
+    """The shapes world has train / selection / heldout splits, no "val": eval picks
+    heldout (and find-heads selection) unless --split is given."""
+    preds = tmp_path / "p.jsonl"
+    assert main(["eval", "--model", "shapes", "--dataset", "shapes", "--heads", "L3H0",
+                 "--device", "cpu", "--limit", "2", "--quiet",
+                 "-o", str(preds)]) == 0
+    rec = _json_out(capsys)
+    assert rec["split"] == "heldout" and rec["n"] == 2
+    first = json.loads(preds.read_text().splitlines()[0])
+    assert "heldout" in json.dumps(first)
+    from minilocal.cli import build_parser
+
+    args = build_parser().parse_args(["find-heads", "--model", "shapes", "--dataset", "shapes"])
+    assert args.split is None and args.default_splits == ("train", "selection")

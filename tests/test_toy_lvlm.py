@@ -136,7 +136,7 @@ def test_patch_init_std_and_positions_options():
 
 
 def test_command_line_sets_the_init_options():
-    cfg, out, _ = train._parse(["--out", "somewhere", "--patch-init-std", "0.2", "--rope-theta",
+    cfg, out, *_ = train._parse(["--out", "somewhere", "--patch-init-std", "0.2", "--rope-theta",
                                 "1e6", "--positions", "place", "--layers", "4"])
     assert out == "somewhere"
     assert (cfg.spec.patch_init_std, cfg.spec.rope_theta, cfg.spec.positions,
@@ -419,5 +419,14 @@ def test_command_line_world_presets():
     assert drawn.world == W.DRAWN and not drawn.world.texture
     flat, *_ = train._parse(["--no-texture"])
     assert flat.world == replace(W.WorldConfig(), texture=False)
+    easy, *_ = train._parse(["--world", "easy"])
+    assert (easy.world.relational, easy.world.distractor, easy.world.twin) == (0, 0, 0)
+    assert easy.world.name == "easy" and easy.world.texture
     with pytest.raises(SystemExit):
         train._parse(["--world", "crowded"])
+
+
+def test_command_line_workers():
+    assert train._parse([])[3] == 0 and train._parse(["--workers", "3"])[3] == 3
+    with pytest.raises(SystemExit):
+        train._parse(["--workers", "-1"])

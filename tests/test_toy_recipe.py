@@ -37,7 +37,7 @@ def test_recipe_is_what_made_the_shipped_model(tmp_path):
     chain = _chain(json.loads((SHIPPED_DIR / "training_report.json").read_text()))
     assert len(chain) == len(recipe.SHIPPED)
     for i, (stage, report) in enumerate(zip(recipe.SHIPPED, chain)):
-        cfg, out, _ = train._parse(recipe.stage_argv(recipe.SHIPPED, tmp_path, i))
+        cfg, out, *_ = train._parse(recipe.stage_argv(recipe.SHIPPED, tmp_path, i))
         assert out == str(tmp_path / stage.name)
         assert cfg.init == (None if i == 0 else str(tmp_path / recipe.SHIPPED[i - 1].name))
         assert _comparable(json.loads(json.dumps(asdict(cfg)))) == _comparable(report["config"]), stage.name

@@ -17,7 +17,12 @@ from .deepseek_vl import DEEPSEEK_VL_TEMPLATE, DeepseekVLAdapter
 from .gemma3 import GEMMA3_TEMPLATE, Gemma3Adapter
 from .internvl import INTERNVL_TEMPLATE, InternVLAdapter
 from .llava import LLAVA_TEMPLATE, LlavaAdapter
-from .llava_next import LLAVA_NEXT_TEMPLATE, LLAVA_ONEVISION_TEMPLATE, LlavaNextAdapter
+from .llava_next import (
+    LLAVA_NEXT_MISTRAL_TEMPLATE,
+    LLAVA_NEXT_TEMPLATE,
+    LLAVA_ONEVISION_TEMPLATE,
+    LlavaNextAdapter,
+)
 from .qwen import QWEN_TEMPLATE, QwenVLAdapter
 from .smolvlm import SMOLVLM_TEMPLATE, SmolVLMAdapter
 
@@ -25,6 +30,7 @@ __all__ = [
     "DEEPSEEK_VL_TEMPLATE",
     "GEMMA3_TEMPLATE",
     "INTERNVL_TEMPLATE",
+    "LLAVA_NEXT_MISTRAL_TEMPLATE",
     "LLAVA_NEXT_TEMPLATE",
     "LLAVA_ONEVISION_TEMPLATE",
     "LLAVA_TEMPLATE",

@@ -43,8 +43,12 @@ from .common import expect_count, placed_geometry, resolve_template
 
 GridSource = Literal["base", "highres"]
 
-#: LLaVA-NeXT (Vicuna / Mistral) conversation format, up to the expression.
+#: LLaVA-NeXT with a Vicuna (or other Llama) backbone: its conversation format, up to the
+#: expression.
 LLAVA_NEXT_TEMPLATE = "USER: {image}\n{expr}"
+#: LLaVA-NeXT with a Mistral backbone (llava-v1.6-mistral-7b-hf): its chat template's user
+#: turn, ``[INST] <image>\n... [/INST]``, up to the expression.
+LLAVA_NEXT_MISTRAL_TEMPLATE = "[INST] {image}\n{expr}"
 #: LLaVA-OneVision (Qwen2 chat format), up to the expression.
 LLAVA_ONEVISION_TEMPLATE = "<|im_start|>user {image}\n{expr}"
 
@@ -105,7 +109,10 @@ class LlavaNextAdapter(Adapter):
             )
         self.grid_source = grid_source
         onevision = model.config.model_type == "llava_onevision"
-        default = LLAVA_ONEVISION_TEMPLATE if onevision else LLAVA_NEXT_TEMPLATE
+        text_type = getattr(getattr(model.config, "text_config", None), "model_type", None)
+        default = (LLAVA_ONEVISION_TEMPLATE if onevision
+                   else LLAVA_NEXT_MISTRAL_TEMPLATE if text_type == "mistral"
+                   else LLAVA_NEXT_TEMPLATE)
         self.template = resolve_template(model, template, default)
 
     def decoder(self) -> PreTrainedModel:

@@ -664,7 +664,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, progress: bool = True
     return report
 
 
-def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
+def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int, int]:
+    """(config, out folder, checkpoint interval, render workers) from the command line."""
     cfg = TrainConfig()
     ap = argparse.ArgumentParser(
         prog="python -m minilocal.toy.train",
@@ -696,8 +697,9 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
                          "from the referent; default: %(default)s, none)")
     ap.add_argument("--world", default="shapes", choices=list(W.WORLDS),
                     help="the world to train on: shapes (the shipped model's), wide (flat and "
-                         "patterned fills, small to large objects, 64-200 px pictures) or drawn "
-                         "(flat circles and squares as a user draws them); default: %(default)s")
+                         "patterned fills, small to large objects, 64-200 px pictures), drawn "
+                         "(flat circles and squares as a user draws them) or easy (shapes "
+                         "without relations, distractors or twins); default: %(default)s")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes that render the batches ahead (0: none); the weights do not "
                          "depend on it")
@@ -705,6 +707,8 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
                     help="draw each shape kind with its own texture (world.TEXTURES); default: "
                          "as the --world preset (on for shapes and wide, off for drawn)")
     a = ap.parse_args(argv)
+    if a.workers < 0:
+        ap.error(f"--workers {a.workers}: pass 0 (render in this process) or more")
     spec = replace(
         cfg.spec, layout=a.layout, patch_init_std=a.patch_init_std,
         positions=a.positions, rope_theta=a.rope_theta, **{f: getattr(a, f) for f in ("layers", "heads", "kv_heads", "hidden",
@@ -725,17 +729,12 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int]:
                                       "final_lr", "weight_decay", "clip",
                                       "background_dropout")},
     )
-    return cfg, a.out, a.checkpoint_every
+    return cfg, a.out, a.checkpoint_every, a.workers
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point (see ``--help``)."""
-    cfg, out, checkpoint_every = _parse(argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--workers", type=int, default=0)
-    workers = pre.parse_known_args(argv)[0].workers
-    if workers < 0:
-        raise SystemExit(f"--workers {workers}: pass 0 (render in this process) or more")
+    cfg, out, checkpoint_every, workers = _parse(argv)
     report = train(cfg, out, checkpoint_every=checkpoint_every, workers=workers)
     last = {k: v for k, v in (report["probes"][-1] if report["probes"] else {}).items()
             if k not in ("in_box", "pointing", "s_img")}

@@ -176,8 +176,13 @@ DRAWN = WorldConfig(
 #: grid cells, up to the default sizes); image sides of 64 to 200 pixels.
 WIDE = WorldConfig(name="wide", flat=0.5, scale=(0.35, 1.0), image_sizes=(64, 200))
 
+#: The easy world of experiments/LOG.md sections 8-14: the shipped world without relations,
+#: distractors or twins, so that most expressions name one attribute ("the red shape").
+EASY = WorldConfig(name="easy", relational=0.0, distractor=0.0, twin=0.0)
+
 #: The named worlds (``python -m minilocal.toy.evaluate --world NAME``).
-WORLDS: dict[str, WorldConfig] = {"shapes": WorldConfig(), "drawn": DRAWN, "wide": WIDE}
+WORLDS: dict[str, WorldConfig] = {"shapes": WorldConfig(), "drawn": DRAWN, "wide": WIDE,
+                                  "easy": EASY}
 
 
 def drawn_dataset(n: int = 100, start: int = 0) -> GroundingDataset:
