@@ -86,7 +86,7 @@ def recall_batch(step, cfg, tok, batch, pool):
     """Text-only recall sequences: one pooled scene each, its objects in a random order."""
     rng = np.random.default_rng([cfg.seed, 1, step])
     seqs, labs = [], []
-    for b in range(batch):
+    for _ in range(batch):
         descs, qa = pool[int(rng.integers(len(pool)))]
         order = rng.permutation(len(descs))
         desc = f" {SEP} ".join(descs[o] for o in order) + f" {SEP}"
