@@ -15,9 +15,10 @@ A. recall (text only, decoder): each sequence describes one train scene's object
 
        <s> SYSTEM big red circle r5 c7 ; small blue square r2 c3 ; where is the red shape . r5 c7 ...
 
-   (a multi-query associative recall: the answer is copied from the matching description;
-   the scenes come from a pool of RECALL_POOL train scenes, each drawn with its objects in
-   a new order).
+   (a multi-query associative recall: the answer is copied from the matching description).
+   Every sequence is a fresh train scene (drawn without its pixels), so the answers cannot
+   be memorised: a first version drew from a pool of 3000 scenes and memorised them (train
+   token accuracy 0.998, rows right on 0.59 of new scenes; LOG 15).
 B. align (decoder and lm_head FROZEN; vision tower and projector trained): the usual image
    sequences of train.make_batch (``<s> SYSTEM <image> where is E . r c ...``). The frozen
    decoder's retrieval circuit answers only if an image cell is read like a description,
@@ -63,42 +64,48 @@ def description(obj, box, size, grid) -> str:
     return f"{obj.size} {obj.color} {obj.shape} {lvlm.answer(box, size, grid)}"
 
 
-#: Train scenes whose descriptions stage A draws from (rendered once: far from the image
-#: stages' items), and how many.
-RECALL_START, RECALL_POOL = 2 * 10**8, 3000
+#: First train-split index of stage A's scenes (far from the image stages' items).
+RECALL_START = 2 * 10**8
 
 
-def recall_pool(cfg):
-    """Per scene: the objects' descriptions and the (question, answer) pairs."""
-    pool = []
-    for i in range(RECALL_POOL):
-        s = W.shapes_sample("train", RECALL_START + i, cfg.world, questions=cfg.questions)
-        size = (s.scene.image.shape[1], s.scene.image.shape[0])
-        descs = [description(o, s.scene.box(j), size, cfg.spec.grid)
-                 for j, o in enumerate(s.scene.objects)]
-        qa = [(expr, lvlm.answer(s.scene.box(t), size, cfg.spec.grid))
-              for t, expr in zip(s.targets, s.exprs)]
-        pool.append((descs, qa))
-    return pool
+def _no_render(objects, cfg, S):
+    """Stand-in for world._render in stage A: the scene's objects and boxes without its
+    pixels (text needs none), so that every step draws fresh scenes at text speed."""
+    masks = []
+    for o in objects:
+        m = np.zeros((S, S), bool)
+        x0, y0, x1, y1 = o.box
+        m[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True  # Scene.box reads it
+        masks.append(m)
+    return np.zeros((S, S, 3), np.uint8), masks
 
 
-def recall_batch(step, cfg, tok, batch, pool):
-    """Text-only recall sequences: one pooled scene each, its objects in a random order."""
+def recall_batch(step, cfg, tok, batch):
+    """Text-only recall sequences of fresh train scenes (never repeated, so that the
+    answers cannot be memorised), their objects described in a random order."""
     rng = np.random.default_rng([cfg.seed, 1, step])
     seqs, labs = [], []
-    for _ in range(batch):
-        descs, qa = pool[int(rng.integers(len(pool)))]
-        order = rng.permutation(len(descs))
-        desc = f" {SEP} ".join(descs[o] for o in order) + f" {SEP}"
-        ids = tok(f"{lvlm.SYSTEM} {desc}")["input_ids"]
-        lab = [-100] * len(ids)
-        for expr, ans in qa:
-            q = tok(f"{lvlm.QUESTION} {expr} .", add_special_tokens=False)["input_ids"]
-            a = tok(ans, add_special_tokens=False)["input_ids"]
-            ids += q + a
-            lab += [-100] * len(q) + a
-        seqs.append(ids)
-        labs.append(lab)
+    render, W._render = W._render, _no_render
+    try:
+        for b in range(batch):
+            s = W.shapes_sample("train", RECALL_START + step * batch + b, cfg.world,
+                                questions=cfg.questions)
+            size = (s.scene.image.shape[1], s.scene.image.shape[0])
+            order = rng.permutation(len(s.scene.objects))
+            desc = f" {SEP} ".join(description(s.scene.objects[o], s.scene.box(o), size,
+                                               cfg.spec.grid) for o in order) + f" {SEP}"
+            ids = tok(f"{lvlm.SYSTEM} {desc}")["input_ids"]
+            lab = [-100] * len(ids)
+            for t, expr in zip(s.targets, s.exprs):
+                q = tok(f"{lvlm.QUESTION} {expr} .", add_special_tokens=False)["input_ids"]
+                a = tok(lvlm.answer(s.scene.box(t), size, cfg.spec.grid),
+                        add_special_tokens=False)["input_ids"]
+                ids += q + a
+                lab += [-100] * len(q) + a
+            seqs.append(ids)
+            labs.append(lab)
+    finally:
+        W._render = render
     return lvlm.pad_sequences(seqs, labs, tok.pad_token_id)
 
 
@@ -162,10 +169,8 @@ def main(argv=None):
     lang = [p for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n]
     vision = [p for n, p in model.named_parameters()
               if not ("language_model" in n or "lm_head" in n)]
-    pool = recall_pool(cfg) if a.recall_steps and not (out / "A.pt").exists() else []
     stages = [
-        ("A", a.recall_steps, lang, lambda s: recall_batch(s, cfg, tok, a.recall_batch, pool),
-         None),
+        ("A", a.recall_steps, lang, lambda s: recall_batch(s, cfg, tok, a.recall_batch), None),
         ("B", a.align_steps, vision, lambda s: train.make_batch(s, cfg, processor)[0], items),
         ("C", a.steps, list(model.parameters()),
          lambda s: train.make_batch(a.align_steps + s, cfg, processor)[0], items),

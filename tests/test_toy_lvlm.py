@@ -422,8 +422,10 @@ def test_command_line_world_presets():
     easy, *_ = train._parse(["--world", "easy"])
     assert (easy.world.relational, easy.world.distractor, easy.world.twin) == (0, 0, 0)
     assert easy.world.name == "easy" and easy.world.texture
+    crowded, *_ = train._parse(["--world", "crowded"])
+    assert crowded.world.min_objects == 5 and crowded.world.name == "crowded"
     with pytest.raises(SystemExit):
-        train._parse(["--world", "crowded"])
+        train._parse(["--world", "busy"])
 
 
 def test_command_line_workers():

@@ -103,7 +103,7 @@ def run(stages: tuple[Stage, ...], out: str | Path, progress: bool = True,
             continue
         command = f"python -m minilocal.toy.train {shlex.join(argv)}"
         print(f"[{i + 1}/{len(stages)}] {stage.name}: {command}", flush=True)
-        cfg, _, _ = T._parse(argv)
+        cfg = T._parse(argv)[0]
         t0 = time.time()
         T.train(cfg, folder, progress=progress, checkpoint_every=checkpoint_every,
                 command=command)

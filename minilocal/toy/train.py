@@ -698,8 +698,9 @@ def _parse(argv: list[str] | None) -> tuple[TrainConfig, str | None, int, int]:
     ap.add_argument("--world", default="shapes", choices=list(W.WORLDS),
                     help="the world to train on: shapes (the shipped model's), wide (flat and "
                          "patterned fills, small to large objects, 64-200 px pictures), drawn "
-                         "(flat circles and squares as a user draws them) or easy (shapes "
-                         "without relations, distractors or twins); default: %(default)s")
+                         "(flat circles and squares as a user draws them), easy (shapes "
+                         "without relations, distractors or twins) or crowded (5-8 smaller "
+                         "objects); default: %(default)s")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes that render the batches ahead (0: none); the weights do not "
                          "depend on it")

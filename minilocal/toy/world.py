@@ -180,9 +180,16 @@ WIDE = WorldConfig(name="wide", flat=0.5, scale=(0.35, 1.0), image_sizes=(64, 20
 #: distractors or twins, so that most expressions name one attribute ("the red shape").
 EASY = WorldConfig(name="easy", relational=0.0, distractor=0.0, twin=0.0)
 
+#: A crowded world (experiments/LOG.md sections 12 and 15): 5-8 smaller objects, no
+#: relations or twins, so that a mixture of all objects' features says little about the
+#: referent (a model that reads the answer out of such a mixture loses accuracy as the
+#: object count grows).
+CROWDED = WorldConfig(name="crowded", min_objects=5, max_objects=8, small=(0.13, 0.16),
+                      big=(0.19, 0.22), relational=0.0, twin=0.0)
+
 #: The named worlds (``python -m minilocal.toy.evaluate --world NAME``).
 WORLDS: dict[str, WorldConfig] = {"shapes": WorldConfig(), "drawn": DRAWN, "wide": WIDE,
-                                  "easy": EASY}
+                                  "easy": EASY, "crowded": CROWDED}
 
 
 def drawn_dataset(n: int = 100, start: int = 0) -> GroundingDataset:
