@@ -24,17 +24,20 @@ B. align (decoder and lm_head FROZEN; vision tower and projector trained): the u
    decoder's retrieval circuit answers only if an image cell is read like a description,
    so the projector is pulled towards that.
 C. joint: the same sequences, everything trained (train's schedule and optimiser).
+D. (``--then-steps``) C continued on another world (``--then-world``, default crowded: 5-8
+   objects, where a mixture of all objects' features says less about the referent).
 
 The probe (train.probe, 24 selection items) runs in B and C: the best heads' in-box share at
 the last position. The model (4 layers x 8 heads, grid 12, patch-init std 0.2, as LOG 14)
-is saved to OUT after each stage (OUT/A, OUT/B, OUT/C; a finished stage is skipped).
+is saved to OUT after each stage (OUT/A.pt ... OUT/D.pt; a finished stage is skipped);
+the last as a model folder, OUT/model (OUT/model-D with stage D).
 """
 
 import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,10 @@ def parse(argv):
     ap.add_argument("--recall-batch", type=int, default=64)
     ap.add_argument("--align-steps", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--then-world", default="crowded", choices=list(W.WORLDS),
+                    help="world of stage D (default: %(default)s)")
+    ap.add_argument("--then-steps", type=int, default=0,
+                    help="steps of stage D: stage C's training continued on --then-world")
     ap.add_argument("--probe-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
     return ap.parse_args(argv)
@@ -164,6 +171,7 @@ def main(argv=None):
     model = lvlm.build_model(spec, processor, seed=cfg.seed)
     model.train()
     items = [W.shapes_item("selection", i, cfg.world) for i in range(24)]
+    then = replace(cfg, world=W.WORLDS[a.then_world], start_index=10**6)
     log_path = out / "log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else []
     lang = [p for n, p in model.named_parameters() if "language_model" in n or "lm_head" in n]
@@ -174,6 +182,9 @@ def main(argv=None):
         ("B", a.align_steps, vision, lambda s: train.make_batch(s, cfg, processor)[0], items),
         ("C", a.steps, list(model.parameters()),
          lambda s: train.make_batch(a.align_steps + s, cfg, processor)[0], items),
+        ("D", a.then_steps, list(model.parameters()),
+         lambda s: train.make_batch(s, then, processor)[0],
+         [W.shapes_item("selection", i, then.world) for i in range(24)]),
     ]
     for tag, steps, params, make, probe_items in stages:
         path = out / f"{tag}.pt"
@@ -196,10 +207,11 @@ def main(argv=None):
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    model.config.minilocal_world = {**cfg.world.__dict__}
-    model.save_pretrained(out / "model")
-    processor.save_pretrained(out / "model")
-    (out / "model" / "training_report.json").write_text(json.dumps(
+    final = out / ("model-D" if a.then_steps else "model")
+    model.config.minilocal_world = asdict(then.world if a.then_steps else cfg.world)
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    (final / "training_report.json").write_text(json.dumps(
         {"command": " ".join(["python", "experiments/recall.py", *sys.argv[1:]]),
          "log": log}, default=float))
 
