@@ -26,7 +26,6 @@ def main(argv):
     model, processor, adapter = load_model(argv[0])
     n = int(argv[1]) if len(argv) > 1 else 240
     world = lvlm.world_of(model)
-    tok = processor.tokenizer
     right, in_box = defaultdict(list), defaultdict(list)
     for i in range(n):
         s = W.shapes_sample("selection", i, world)
@@ -37,14 +36,8 @@ def main(argv):
         mass = attn.sum((-1, -2))
         in_box[k].append((attn * inside).sum((-1, -2)) / np.maximum(mass, 1e-12))
         truth = lvlm.answer(it.box, it.image.size, prep.grid).split()
-        ids = prep.inputs["input_ids"]
-        with torch.no_grad():
-            row = int(model(**prep.inputs).logits[0, -1].argmax())
-            ids2 = torch.cat([ids, torch.tensor([[row]])], 1)
-            col = int(model(**{**prep.inputs, "input_ids": ids2,
-                               "attention_mask": torch.ones_like(ids2)}).logits[0, -1].argmax())
-        right[k].append(tok.convert_ids_to_tokens(row) == truth[0]
-                        and tok.convert_ids_to_tokens(col) == truth[1])
+        row, col = train.greedy_answer(model, processor, prep.inputs)
+        right[k].append(row == truth[0] and col == truth[1])
     for k in sorted(right):
         ib = np.mean(in_box[k], 0)
         L, H = ib.shape

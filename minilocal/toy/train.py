@@ -436,6 +436,20 @@ def cells_in_box(box, geometry, margin: float = 0.0) -> np.ndarray:
 
 
 @torch.no_grad()
+def greedy_answer(model, processor, inputs: dict) -> tuple[str, str]:
+    """The model's greedy answer to a prepared prompt: the row token predicted at the last
+    position, then the column token predicted after that row."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    tok = processor.tokenizer
+    row_id = model(**inputs).logits[0, -1].argmax().view(1, 1)
+    ids = torch.cat([inputs["input_ids"], row_id], 1)
+    col_id = model(**{**inputs, "input_ids": ids,
+                      "attention_mask": torch.ones_like(ids)}).logits[0, -1].argmax()
+    return tok.convert_ids_to_tokens(int(row_id)), tok.convert_ids_to_tokens(int(col_id))
+
+
+@torch.no_grad()
 def probe(model, processor, items) -> dict:
     """Localization of every head at the query position on fixed items.
 
@@ -466,18 +480,8 @@ def probe(model, processor, items) -> dict:
         pointing.append(inside.reshape(-1)[flat])
         s_img.append(mass)
         share.append(inside.mean())
-        # greedy answer: row token at ".", then column token after the true row
         truth = lvlm.answer(it.box, it.image.size, (h, w)).split()
-        device = next(model.parameters()).device
-        inputs = {k: v.to(device) for k, v in prep.inputs.items()}
-        ids = inputs["input_ids"]
-        logits = model(**inputs).logits[0, -1]
-        row = processor.tokenizer.convert_ids_to_tokens(int(logits.argmax()))
-        row_id = torch.tensor([[processor.tokenizer.convert_tokens_to_ids(row)]], device=device)
-        ids2 = torch.cat([ids, row_id], 1)
-        inputs2 = {**inputs, "input_ids": ids2,
-                   "attention_mask": torch.ones_like(ids2)}
-        col = processor.tokenizer.convert_ids_to_tokens(int(model(**inputs2).logits[0, -1].argmax()))
+        row, col = greedy_answer(model, processor, prep.inputs)
         correct.append(row == truth[0] and col == truth[1])
     model.train(was_training)
     return {
